@@ -1,0 +1,192 @@
+"""rktlet's configuration: one table of options, one :class:`Config`.
+
+Every option has one entry in :data:`OPTIONS` with its default. The same key
+is a command-line flag (``--run-dir``) and a key of the TOML file given with
+``--config`` (``run-dir = "/run/rktlet"``; ``run_dir`` is accepted too).
+Precedence, lowest first: the defaults here, the file, the flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from rktlet.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+# Registries always reached over plain HTTP: the node itself.
+ALWAYS_INSECURE = ("localhost", "127.0.0.1", "[::1]")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option.
+
+    :ivar key: the flag and TOML key, with dashes.
+    :ivar default: the value when neither file nor flag sets it.
+    :ivar help: one line for ``--help`` and the documented config file.
+    :ivar parse: turns a flag's string (or a TOML scalar) into the value.
+    :ivar repeatable: a flag that may be given many times; a list in TOML.
+    """
+
+    key: str
+    default: Any
+    help: str
+    parse: Callable[[Any], Any] = str
+    repeatable: bool = False
+
+    @property
+    def default_text(self) -> str:
+        """The default as a flag would spell it."""
+        if isinstance(self.default, tuple):
+            return ":".join(self.default)
+        return str(self.default)
+
+    @property
+    def attr(self) -> str:
+        """The :class:`Config` attribute name."""
+        return self.key.replace("-", "_")
+
+
+def _host_port(value: Any) -> str:
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    text = str(value).lower()
+    if text == "warning":
+        text = "warn"
+    if text not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return text
+
+
+def _registry_host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or "/" in text:
+        raise ValueError(f"expected HOST[:PORT], got {value!r}")
+    return text
+
+
+def _path_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    else:
+        parts = str(value).split(":")
+    return tuple(p for p in parts if p)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("socket", "/run/rktlet/rktlet.sock", "unix socket the CRI gRPC server listens on"),
+    Option("root", "/var/lib/rktlet", "directory for persistent state (pods, images)"),
+    Option("run-dir", "/run/rktlet", "directory for volatile state (namespaces, conmon sockets)"),
+    Option("stream-address", "127.0.0.1:10241", "HOST:PORT of the streaming server (exec, attach, port-forward)", _host_port),
+    Option("cni-conf-dir", "/etc/cni/net.d", "directory holding CNI network configurations"),
+    Option("cni-bin-dir", ("/usr/lib/cni", "/opt/cni/bin"), "colon-separated directories searched for CNI plugins", _path_list),
+    Option("runtime", "runc", "OCI runtime binary for the default handler (a name on PATH or a path)"),
+    Option(
+        "insecure-registry",
+        (),
+        "registry HOST[:PORT] reached over plain HTTP (repeatable; localhost and 127.0.0.1 always are)",
+        _registry_host,
+        repeatable=True,
+    ),
+    Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
+)
+
+OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration of one daemon; built by :func:`load`."""
+
+    socket: str = OPTIONS_BY_KEY["socket"].default
+    root: str = OPTIONS_BY_KEY["root"].default
+    run_dir: str = OPTIONS_BY_KEY["run-dir"].default
+    stream_address: str = OPTIONS_BY_KEY["stream-address"].default
+    cni_conf_dir: str = OPTIONS_BY_KEY["cni-conf-dir"].default
+    cni_bin_dir: tuple[str, ...] = OPTIONS_BY_KEY["cni-bin-dir"].default
+    runtime: str = OPTIONS_BY_KEY["runtime"].default
+    insecure_registry: tuple[str, ...] = field(default=OPTIONS_BY_KEY["insecure-registry"].default)
+    log_level: str = OPTIONS_BY_KEY["log-level"].default
+    config_file: str | None = None
+
+    @property
+    def stream_host(self) -> str:
+        """The host part of ``stream_address`` (brackets kept for IPv6)."""
+        return self.stream_address.rpartition(":")[0]
+
+    @property
+    def stream_port(self) -> int:
+        """The port part of ``stream_address``."""
+        return int(self.stream_address.rpartition(":")[2])
+
+    def is_insecure_registry(self, host: str) -> bool:
+        """Whether *host* (``name`` or ``name:port``) may be reached over plain HTTP."""
+        bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        allowed = set(self.insecure_registry)
+        return host in allowed or bare in ALWAYS_INSECURE or bare in allowed
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-ready data, keyed like the TOML file."""
+        out: dict[str, Any] = {}
+        for opt in OPTIONS:
+            value = getattr(self, opt.attr)
+            out[opt.key] = list(value) if isinstance(value, tuple) else value
+        out["config"] = self.config_file
+        return out
+
+
+def _parse(opt: Option, value: Any, origin: str) -> Any:
+    try:
+        if opt.repeatable:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(opt.parse(v) for v in items)
+        return opt.parse(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{origin}: option {opt.key!r}: {e}") from None
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Read a TOML config file into ``{attr: value}``, refusing unknown keys."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        opt = OPTIONS_BY_KEY.get(key.replace("_", "-"))
+        if opt is None:
+            known = ", ".join(sorted(OPTIONS_BY_KEY))
+            raise ConfigError(f"config file {path}: unknown key {key!r} (known: {known})")
+        values[opt.attr] = _parse(opt, value, f"config file {path}")
+    return values
+
+
+def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
+    """Build the effective :class:`Config`.
+
+    :param flags: ``{key: raw value}`` for the flags actually given on the
+        command line (absent or ``None`` means "not given").
+    :param config_file: path of a TOML file whose keys override the defaults.
+    """
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(read_file(config_file))
+    for key, raw in flags.items():
+        if raw is None or (isinstance(raw, (list, tuple)) and not raw):
+            continue
+        opt = OPTIONS_BY_KEY[key]
+        values[opt.attr] = _parse(opt, raw, f"--{key}")
+    return dataclasses.replace(Config(), config_file=config_file, **values)

@@ -1,0 +1,85 @@
+"""The gRPC server of the CRI, as a Twisted service on a unix socket."""
+
+from __future__ import annotations
+
+import os
+from concurrent import futures
+from typing import Sequence
+
+import grpc
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+
+from rktlet import logs
+from rktlet.cri.bridge import ReactorBridge
+from rktlet.cri.socket_claim import SocketClaim
+from rktlet.errors import StartupError
+
+log = logs.logger("rktlet.cri.server")
+
+SOCKET_MODE = 0o660
+# Seconds in-flight calls get to finish when the daemon stops.
+STOP_GRACE = 5.0
+# Messages up to 16 MiB each way (ExecSync output, large list answers).
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class GrpcServerService(Service):
+    """Serves the CRI handlers on the claimed unix socket.
+
+    :param claim: the socket path this daemon owns (``socket_claim``).
+    :param handlers: the gRPC handlers, one per CRI service.
+    :param bridge: closed on stop, so waiting workers are released.
+    :param max_workers: size of the worker thread pool.
+    """
+
+    name = "cri-grpc"
+
+    def __init__(
+        self,
+        claim: SocketClaim,
+        handlers: Sequence[grpc.GenericRpcHandler],
+        bridge: ReactorBridge,
+        max_workers: int = 16,
+    ) -> None:
+        self._claim = claim
+        self._handlers = handlers
+        self._bridge = bridge
+        self._max_workers = max_workers
+        self._server: grpc.Server | None = None
+
+    def startService(self) -> None:
+        path = self._claim.socket_path
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="cri"),
+            handlers=list(self._handlers),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ],
+        )
+        old_umask = os.umask(0o117)  # the socket is born 0660; no window wider than that
+        try:
+            if server.add_insecure_port(f"unix:{path}") == 0:
+                raise StartupError(f"cannot listen on {path}")
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, SOCKET_MODE)
+        server.start()
+        self._server = server
+        Service.startService(self)
+        log.info("CRI server listening on unix:{path}", path=path)
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        self._bridge.close()
+        server, self._server = self._server, None
+
+        def stop() -> None:
+            if server is not None:
+                server.stop(STOP_GRACE).wait()
+
+        d = deferToThread(stop)
+        d.addBoth(lambda result: (self._claim.release(), log.info("CRI server stopped"), result)[-1])
+        return d

@@ -1,0 +1,32 @@
+"""What every CRI servicer shares: the engine, the bridge, deadlines."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import grpc
+
+from rktlet.cri.bridge import ReactorBridge
+
+# gRPC reports "no deadline" as a very large remaining time; past this many
+# seconds a wait is treated as unbounded.
+_UNBOUNDED = 365 * 24 * 3600.0
+
+
+class Servicer:
+    """Base of the CRI servicers.
+
+    :param engine: the pod engine (touched only on the reactor thread).
+    :param bridge: how worker threads reach the reactor thread.
+    """
+
+    def __init__(self, engine: Any, bridge: ReactorBridge) -> None:
+        self._engine = engine
+        self._bridge = bridge
+
+    def _on_reactor(self, context: grpc.ServicerContext, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` on the reactor thread within the RPC's deadline."""
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None and remaining > _UNBOUNDED:
+            remaining = None
+        return self._bridge.call(fn, *args, timeout=remaining, **kwargs)

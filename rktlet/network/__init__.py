@@ -1,0 +1,1 @@
+"""Pod networking: CNI configuration and plugin execution, DNS and hosts files."""

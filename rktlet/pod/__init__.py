@@ -1,0 +1,1 @@
+"""The rkt pod model: sandbox and app records, their stores, and the engine."""

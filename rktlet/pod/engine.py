@@ -1,0 +1,113 @@
+"""The pod engine: the one owner of runtime state, living on the reactor thread.
+
+The CRI servicers call it (through the bridge) and convert its answers to
+protobuf; it calls the drivers (``oci``, ``network``, ``image``). Pods and
+containers are added here by later work; today it answers for the runtime as
+a whole: its version, its conditions, its runtime configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+
+from rktlet import __version__, logs
+from rktlet.config import Config
+from rktlet.errors import InvalidArgument
+from rktlet.fsutil import read_json, write_json_atomic
+from rktlet.network.cni_config import Readiness, check_readiness
+
+log = logs.logger("rktlet.pod.engine")
+
+RUNTIME_NAME = "rktlet"
+RUNTIME_API_VERSION = "v1"
+CGROUP_DRIVER = "cgroupfs"
+
+RUNTIME_STATE_FILE = "runtime.json"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One runtime condition as the CRI ``Status`` reports it."""
+
+    type: str
+    status: bool
+    reason: str = ""
+    message: str = ""
+
+
+class Engine:
+    """The runtime's state and operations.
+
+    :param config: the effective configuration.
+    :param reactor: the reactor whose thread owns this engine.
+    :param threadpool: where blocking file-system work runs.
+    """
+
+    def __init__(self, config: Config, reactor: Any, threadpool: Any) -> None:
+        self.config = config
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
+        self.pod_cidrs: tuple[str, ...] = ()
+
+    def load(self) -> None:
+        """Read persisted runtime state (called once at start-up)."""
+        os.makedirs(self.config.root, mode=0o711, exist_ok=True)
+        os.makedirs(self.config.run_dir, mode=0o711, exist_ok=True)
+        state = read_json(self._state_path, {}) or {}
+        self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
+
+    def version(self) -> tuple[str, str, str]:
+        """``(runtime_name, runtime_version, runtime_api_version)``."""
+        return RUNTIME_NAME, __version__, RUNTIME_API_VERSION
+
+    def _in_thread(self, fn: Any, *args: Any) -> Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def network_readiness(self) -> Deferred:
+        """Fires with the :class:`Readiness` of pod networking (reads the CNI
+        conf dir off the reactor thread)."""
+        return self._in_thread(check_readiness, self.config.cni_conf_dir, self.config.cni_bin_dir)
+
+    @inlineCallbacks
+    def conditions(self) -> Any:
+        """Fires with the list of :class:`Condition` the runtime reports."""
+        network: Readiness = yield self.network_readiness()
+        return [
+            Condition("RuntimeReady", True),
+            Condition("NetworkReady", network.ready, network.reason, network.message),
+        ]
+
+    def status_info(self) -> dict[str, Any]:
+        """What ``Status(verbose=true)`` adds, one JSON object per key: the
+        effective configuration and what the kubelet told us at run time."""
+        return {"config": self.config.as_dict(), "runtimeConfig": {"podCIDRs": list(self.pod_cidrs)}}
+
+    def update_pod_cidr(self, pod_cidr: str) -> None:
+        """Store the pod CIDR(s) the kubelet assigned to this node
+        (comma-separated for dual stack); an empty value is ignored."""
+        if not pod_cidr.strip():
+            return
+        cidrs = []
+        for part in pod_cidr.split(","):
+            try:
+                cidrs.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+            except ValueError:
+                raise InvalidArgument(
+                    f"runtime_config.network_config.pod_cidr: {part.strip()!r} is not a CIDR"
+                ) from None
+        if tuple(cidrs) == self.pod_cidrs:
+            return
+        write_json_atomic(self._state_path, {"pod_cidrs": cidrs})
+        self.pod_cidrs = tuple(cidrs)
+        log.info("pod CIDR set to {cidrs}", cidrs=",".join(cidrs))
+
+    def cgroup_driver(self) -> str:
+        """The cgroup driver rktlet uses (the kubelet must match it)."""
+        return CGROUP_DRIVER

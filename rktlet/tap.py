@@ -1,0 +1,123 @@
+"""``twistd rktlet``: the command-line options and the service tree.
+
+``makeService`` composes; the logic lives in the engine, the servicers and
+the drivers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.python import usage
+
+from rktlet import config as config_module
+from rktlet import logs, sdnotify
+from rktlet.config import OPTIONS, Config
+from rktlet.cri.bridge import ReactorBridge
+from rktlet.cri.dispatch import generic_handler
+from rktlet.cri.image_service import ImageService
+from rktlet.cri.proto import IMAGE_SERVICE, RUNTIME_SERVICE, pb
+from rktlet.cri.runtime_service import RuntimeService
+from rktlet.cri.server import GrpcServerService
+from rktlet.cri.socket_claim import claim_socket
+from rktlet.errors import RktletError, StartupError
+from rktlet.pod.engine import Engine
+
+log = logs.logger("rktlet.tap")
+
+
+class Options(usage.Options):
+    """Options of ``twistd rktlet`` and of the ``rktlet`` command; built from
+    :data:`rktlet.config.OPTIONS` so both and the TOML file agree."""
+
+    synopsis = "[options]"
+    longdesc = "rktlet: a Kubernetes CRI v1 runtime (pods of apps on runc, conmon and CNI)."
+    optParameters = [["config", "c", None, "TOML configuration file (keys as the long options)"]] + [
+        [opt.key, None, None, f"{opt.help} [default: {opt.default_text}]"] for opt in OPTIONS if not opt.repeatable
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for opt in OPTIONS:
+            if opt.repeatable:
+                self[opt.key] = []
+
+    def opt_insecure_registry(self, value: str) -> None:
+        """registry HOST[:PORT] reached over plain HTTP (repeatable; localhost
+        and 127.0.0.1 always are)"""
+        self["insecure-registry"].append(value)
+
+    def postOptions(self) -> None:
+        try:
+            self.config = config_module.load({o.key: self.get(o.key) for o in OPTIONS}, self["config"])
+        except RktletError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class _Lifecycle(Service):
+    """Loads state before the other services start; tells systemd when the
+    daemon is ready and when it stops."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def startService(self) -> None:
+        Service.startService(self)
+        sdnotify.notify("READY=1")
+        log.info("rktlet ready")
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        sdnotify.notify("STOPPING=1")
+
+
+def build_service(config: Config, reactor: Any = None, euid: int | None = None) -> MultiService:
+    """The daemon's service tree for *config*.
+
+    :param euid: the effective uid to check (default: this process's).
+    :raises StartupError: the daemon must not start (message is one line).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        raise StartupError(
+            f"rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid {euid}"
+        )
+    logs.set_level(config.log_level)
+    claim = claim_socket(config.socket)
+    try:
+        engine = Engine(config, reactor, reactor.getThreadPool())
+        engine.load()
+    except BaseException:
+        claim.release()
+        raise
+    bridge = ReactorBridge(reactor)
+    top = MultiService()
+    grpc_service = GrpcServerService(
+        claim,
+        [
+            generic_handler(RUNTIME_SERVICE, RuntimeService(engine, bridge), pb),
+            generic_handler(IMAGE_SERVICE, ImageService(engine, bridge), pb),
+        ],
+        bridge,
+    )
+    grpc_service.setServiceParent(top)
+    # Added last: started after, stopped before, the services above.
+    _Lifecycle(engine).setServiceParent(top)
+    return top
+
+
+def makeService(options: Options) -> IService:
+    """twistd's entry point. A start-up refusal is one line on stderr and
+    exit status 1, not a traceback."""
+    try:
+        return build_service(options.config)
+    except RktletError as e:
+        sys.stderr.write(f"rktlet: {e}\n")
+        raise SystemExit(1) from None

@@ -1,0 +1,10 @@
+"""rktlet's package: the ``rktlet`` library, its twistd plugin and its command."""
+
+from setuptools import find_packages, setup
+
+setup(
+    # twisted/plugins is a namespace shared with Twisted: it must be listed
+    # here and must never get an __init__.py.
+    packages=find_packages(include=["rktlet", "rktlet.*"]) + ["twisted.plugins"],
+    package_data={"rktlet": ["py.typed"]},
+)

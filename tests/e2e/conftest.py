@@ -1,0 +1,31 @@
+"""e2e: the daemon started the way the README starts it (the ``rktlet``
+command), driven by the real ``crictl``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+from tests.support.daemon import Daemon
+
+
+def rktlet_command() -> list[str]:
+    """The installed ``rktlet`` command (beside the test interpreter first)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "rktlet")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("rktlet")
+    if not found:
+        pytest.skip("the rktlet command is not installed (pip install .)")
+    return [found]
+
+
+@pytest.fixture
+def daemon():
+    """rktlet started by its own command, in temporary dirs."""
+    d = Daemon(command=rktlet_command())
+    try:
+        yield d.start()
+    finally:
+        d.cleanup()

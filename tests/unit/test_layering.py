@@ -1,0 +1,45 @@
+"""Dependencies point one way (DESIGN.md): cri and stream use pod; pod uses
+oci, network, image; drivers never import upward."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "rktlet"
+
+# For each layer, the rktlet layers it must not import.
+FORBIDDEN = {
+    "pod": {"cri", "stream", "tap"},
+    "oci": {"cri", "stream", "pod", "tap", "network", "image"},
+    "network": {"cri", "stream", "pod", "tap", "oci", "image"},
+    "image": {"cri", "stream", "pod", "tap", "oci", "network"},
+    "stream": {"cri", "tap"},
+    "cri": {"stream", "tap"},
+}
+
+
+def imported_layers(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    layers = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "rktlet" and len(parts) > 1:
+                layers.add(parts[1])
+    return layers
+
+
+def test_no_upward_imports():
+    problems = []
+    for layer, forbidden in FORBIDDEN.items():
+        for path in (PACKAGE / layer).rglob("*.py"):
+            bad = imported_layers(path) & forbidden
+            if bad:
+                problems.append(f"{path.relative_to(PACKAGE.parent)} imports {sorted(bad)}")
+    assert not problems, "\n".join(problems)
