@@ -22,6 +22,14 @@ class FailedPrecondition(RktletError):
     """The object exists but is in the wrong state for the request."""
 
 
+class PermissionDenied(RktletError):
+    """Credentials were refused (e.g. by a registry); the message says by whom."""
+
+
+class ResourceExhausted(RktletError):
+    """A limit was hit (disk, size caps); the message names the limit."""
+
+
 class Unimplemented(RktletError):
     """The RPC or feature is not built (yet); the message says which."""
 
@@ -45,3 +53,13 @@ class ConfigError(RktletError):
 
 class StartupError(RktletError):
     """The daemon cannot start (not root, socket owned by another rktlet, ...)."""
+
+
+class HostileContent(InvalidArgument):
+    """Image content tries to write outside its target (path traversal,
+    symlink or hard-link escape); the message names the entry."""
+
+
+class DigestMismatch(RktletError):
+    """Content did not match the digest it was fetched by; the message names
+    both digests and where the content came from."""

@@ -14,10 +14,7 @@ import pytest
 
 from tests.support.crictl import Crictl, find_crictl
 from tests.support.daemon import Daemon
-try:
-    from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
-except ImportError:  # TEMP
-    pass
+from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
 def pytest_collection_modifyitems(config, items):
