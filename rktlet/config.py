@@ -75,6 +75,47 @@ def _registry_host(value: Any) -> str:
     return text
 
 
+def _handler(value: Any) -> str:
+    text = str(value).strip()
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"expected NAME=PATH (e.g. crun=/usr/bin/crun), got {value!r}")
+    return f"{name}={path}"
+
+
+def _cidr(value: Any) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_network(str(value).strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"expected a CIDR like 10.88.0.0/16, got {value!r}") from None
+
+
+def _mirror(value: Any) -> str:
+    text = str(value).strip()
+    host, sep, url = text.partition("=")
+    if not sep or not _registry_host(host) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"expected HOST=URL with an http:// or https:// URL, got {value!r}")
+    return f"{host}={url.rstrip('/')}"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def _duration(value: Any) -> float:
+    text = str(value).strip()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"expected seconds or a duration like 30s, 5m, 1h; got {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return seconds
+
+
 def _path_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         parts = [str(v) for v in value]
@@ -92,11 +133,32 @@ OPTIONS: tuple[Option, ...] = (
     Option("cni-bin-dir", ("/usr/lib/cni", "/opt/cni/bin"), "colon-separated directories searched for CNI plugins", _path_list),
     Option("runtime", "runc", "OCI runtime binary for the default handler (a name on PATH or a path)"),
     Option(
+        "runtime-handler",
+        (),
+        "NAME=PATH: another runtime handler (rkt's stage1 flavor), e.g. crun=/usr/bin/crun (repeatable)",
+        _handler,
+        repeatable=True,
+    ),
+    Option("default-network-subnet", "10.88.0.0/16", "subnet of the default CNI network rktlet writes when the conf dir is empty", _cidr),
+    Option(
         "insecure-registry",
         (),
         "registry HOST[:PORT] reached over plain HTTP (repeatable; localhost and 127.0.0.1 always are)",
         _registry_host,
         repeatable=True,
+    ),
+    Option(
+        "registry-mirror",
+        (),
+        "HOST=URL: try the registry at URL before HOST for images named HOST/... (repeatable, in order)",
+        _mirror,
+        repeatable=True,
+    ),
+    Option(
+        "pull-progress-timeout",
+        300.0,
+        "cancel an image pull that receives no data for this long (seconds, or 30s/5m/1h)",
+        _duration,
     ),
     Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
 )
@@ -115,7 +177,11 @@ class Config:
     cni_conf_dir: str = OPTIONS_BY_KEY["cni-conf-dir"].default
     cni_bin_dir: tuple[str, ...] = OPTIONS_BY_KEY["cni-bin-dir"].default
     runtime: str = OPTIONS_BY_KEY["runtime"].default
+    runtime_handler: tuple[str, ...] = field(default=OPTIONS_BY_KEY["runtime-handler"].default)
+    default_network_subnet: str = OPTIONS_BY_KEY["default-network-subnet"].default
     insecure_registry: tuple[str, ...] = field(default=OPTIONS_BY_KEY["insecure-registry"].default)
+    registry_mirror: tuple[str, ...] = field(default=OPTIONS_BY_KEY["registry-mirror"].default)
+    pull_progress_timeout: float = OPTIONS_BY_KEY["pull-progress-timeout"].default
     log_level: str = OPTIONS_BY_KEY["log-level"].default
     config_file: str | None = None
 
@@ -134,6 +200,25 @@ class Config:
         bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         allowed = set(self.insecure_registry)
         return host in allowed or bare in ALWAYS_INSECURE or bare in allowed
+
+    @property
+    def handlers(self) -> dict[str, str]:
+        """Runtime handler name → OCI runtime binary; ``runc`` is the default
+        handler, running ``--runtime``."""
+        out = {"runc": self.runtime}
+        for entry in self.runtime_handler:
+            name, _, path = entry.partition("=")
+            out[name] = path
+        return out
+
+    @property
+    def mirrors(self) -> dict[str, list[str]]:
+        """Registry host → mirror URLs, in the order they are tried."""
+        out: dict[str, list[str]] = {}
+        for entry in self.registry_mirror:
+            host, _, url = entry.partition("=")
+            out.setdefault(host, []).append(url)
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-ready data, keyed like the TOML file."""
@@ -190,3 +275,39 @@ def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
         opt = OPTIONS_BY_KEY[key]
         values[opt.attr] = _parse(opt, raw, f"--{key}")
     return dataclasses.replace(Config(), config_file=config_file, **values)
+
+
+_EXAMPLES = {
+    "insecure-registry": ["registry.example:5000"],
+    "registry-mirror": ["registry.k8s.io=http://127.0.0.1:5000"],
+    "runtime-handler": ["crun=/usr/bin/crun"],
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return f'"{value}"'
+
+
+def default_config_text() -> str:
+    """The documented default configuration file (``packaging/rktlet.toml``
+    is this text; ``python -m rktlet.config`` prints it)."""
+    lines = [
+        "# rktlet configuration (TOML). Every key is also a command-line option of the",
+        "# same name (`--run-dir` ...); a flag given on the command line wins over this",
+        "# file. The values below are the defaults: uncomment a line to change it.",
+        "",
+    ]
+    for opt in OPTIONS:
+        lines.append(f"# {opt.help}.")
+        value = _EXAMPLES.get(opt.key, opt.default) if opt.repeatable else opt.default
+        lines.append(f"#{opt.key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(default_config_text(), end="")

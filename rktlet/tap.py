@@ -24,7 +24,15 @@ from rktlet.cri.runtime_service import RuntimeService
 from rktlet.cri.server import GrpcServerService
 from rktlet.cri.socket_claim import claim_socket
 from rktlet.errors import RktletError, StartupError
+from rktlet.image.manager import ImageManager
+from rktlet.image.registry import RegistryClient
+from rktlet.image.store import ImageStore
+from rktlet.network.cni import CNI
+from rktlet.oci import cgroups
+from rktlet.oci.handlers import Handlers
 from rktlet.pod.engine import Engine
+from rktlet.pod.sandboxes import SandboxManager
+from rktlet.pod.store import PodStore
 
 log = logs.logger("rktlet.tap")
 
@@ -50,6 +58,16 @@ class Options(usage.Options):
         and 127.0.0.1 always are)"""
         self["insecure-registry"].append(value)
 
+    def opt_runtime_handler(self, value: str) -> None:
+        """NAME=PATH: another runtime handler (rkt's stage1 flavor), e.g.
+        crun=/usr/bin/crun (repeatable)"""
+        self["runtime-handler"].append(value)
+
+    def opt_registry_mirror(self, value: str) -> None:
+        """HOST=URL: try the registry at URL before HOST for images named
+        HOST/... (repeatable, in order)"""
+        self["registry-mirror"].append(value)
+
     def postOptions(self) -> None:
         try:
             self.config = config_module.load({o.key: self.get(o.key) for o in OPTIONS}, self["config"])
@@ -69,9 +87,10 @@ class _Lifecycle(Service):
         sdnotify.notify("READY=1")
         log.info("rktlet ready")
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         Service.stopService(self)
         sdnotify.notify("STOPPING=1")
+        return self._engine.close()
 
 
 def build_service(config: Config, reactor: Any = None, euid: int | None = None) -> MultiService:
@@ -92,7 +111,24 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
     logs.set_level(config.log_level)
     claim = claim_socket(config.socket)
     try:
-        engine = Engine(config, reactor, reactor.getThreadPool())
+        threadpool = reactor.getThreadPool()
+        images = ImageManager(
+            reactor,
+            ImageStore(config.root),
+            RegistryClient(reactor, config.is_insecure_registry, config.mirrors),
+            threadpool,
+            pull_progress_timeout=config.pull_progress_timeout,
+        )
+        sandboxes = SandboxManager(
+            reactor,
+            threadpool,
+            config,
+            PodStore(config.root),
+            CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
+            Handlers(config.handlers),
+            cgroups.detect(),
+        )
+        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes)
         engine.load()
     except BaseException:
         claim.release()

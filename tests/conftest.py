@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.crictl import Crictl, find_crictl
 from tests.support.daemon import Daemon
+from tests.support.pods import remove_all_pods
 from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
@@ -34,6 +35,7 @@ def daemon():
     try:
         yield d.start()
     finally:
+        remove_all_pods(d)
         d.cleanup()
 
 
@@ -44,3 +46,20 @@ def crictl(daemon):
     if binary is None:
         pytest.skip("crictl not installed (go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0)")
     return Crictl(binary, daemon.socket, os.path.join(daemon.base, "crictl.yaml"))
+
+
+@pytest.fixture
+def test_network(daemon):
+    """A private CNI network in the daemon's conf dir (replacing rktlet's
+    default network there); its bridge and IPAM state are removed afterwards."""
+    from tests.support.network import TestNetwork
+
+    network = TestNetwork(daemon.cni_conf_dir)
+    for name in os.listdir(daemon.cni_conf_dir):
+        os.unlink(os.path.join(daemon.cni_conf_dir, name))
+    network.write()
+    try:
+        yield network
+    finally:
+        remove_all_pods(daemon)
+        network.cleanup()

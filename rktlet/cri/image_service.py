@@ -3,8 +3,98 @@ answer UNIMPLEMENTED (see ``dispatch.py``)."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import grpc
+
+from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer
+from rktlet.errors import InvalidArgument
+from rktlet.image.registry import Credentials
+
+
+def image_to_cri(record: Any) -> pb.Image:
+    """An image record as the CRI ``Image`` message.
+
+    The image's user becomes ``uid`` when numeric (``1000`` or ``1000:1000``)
+    and ``username`` otherwise, as the kubelet's runAsNonRoot check expects.
+    """
+    image = pb.Image(
+        id=record.id,
+        repo_tags=record.repo_tags,
+        repo_digests=record.repo_digests,
+        size=record.size,
+    )
+    user = record.user.split(":", 1)[0]
+    if user.isdigit():
+        image.uid.value = int(user)
+    elif user:
+        image.username = user
+    return image
+
+
+def _image_name(spec: pb.ImageSpec, field: str) -> str:
+    if not spec.image:
+        raise InvalidArgument(f"{field}.image: an image reference or id is required")
+    return spec.image
 
 
 class ImageService(Servicer):
     """``runtime.v1.ImageService``."""
+
+    def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> pb.PullImageResponse:
+        name = _image_name(request.image, "image")
+        credentials = Credentials.from_cri(request.auth) if request.HasField("auth") else None
+        record = self._on_reactor(context, self._engine.images.pull, name, credentials)
+        return pb.PullImageResponse(image_ref=record.id)
+
+    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
+        wanted = request.filter.image.image
+        if wanted:
+            record = self._on_reactor(context, self._engine.images.find, wanted)
+            records = [record] if record is not None else []
+        else:
+            records = self._on_reactor(context, self._engine.images.list)
+        return pb.ListImagesResponse(images=[image_to_cri(r) for r in records])
+
+    def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
+        name = _image_name(request.image, "image")
+
+        def status() -> tuple[Any, Any]:
+            record = self._engine.images.find(name)
+            if record is None or not request.verbose:
+                return record, None
+            return record, self._engine.images.config(record)
+
+        record, config = self._on_reactor(context, status)
+        if record is None:
+            return pb.ImageStatusResponse()  # the CRI's answer for an absent image
+        response = pb.ImageStatusResponse(image=image_to_cri(record))
+        if request.verbose:
+            response.info["info"] = json.dumps(
+                {
+                    "imageSpec": config.raw,
+                    "chainIDs": record.chain_ids,
+                    "manifestDigest": record.manifest_digest,
+                    "indexDigest": record.index_digest,
+                    "source": record.source,
+                    "pulledAt": record.pulled_at,
+                }
+            )
+        return response
+
+    def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
+        name = _image_name(request.image, "image")
+        self._on_reactor(context, self._engine.images.remove, name)
+        return pb.RemoveImageResponse()
+
+    def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: grpc.ServicerContext) -> pb.ImageFsInfoResponse:
+        timestamp, mountpoint, used, inodes = self._on_reactor(context, self._engine.images.fs_usage)
+        usage = pb.FilesystemUsage(
+            timestamp=int(timestamp * 1e9),
+            fs_id=pb.FilesystemIdentifier(mountpoint=mountpoint),
+            used_bytes=pb.UInt64Value(value=used),
+            inodes_used=pb.UInt64Value(value=inodes),
+        )
+        return pb.ImageFsInfoResponse(image_filesystems=[usage], container_filesystems=[usage])

@@ -4,9 +4,11 @@ answer UNIMPLEMENTED (see ``dispatch.py``)."""
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 
+from rktlet.cri import sandbox_convert
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer
 
@@ -35,6 +37,8 @@ class RuntimeService(Servicer):
                 ]
             )
         )
+        for name in self._on_reactor(context, self._engine.handler_names):
+            response.runtime_handlers.add(name=name)
         if request.verbose:
             info = self._on_reactor(context, self._engine.status_info)
             for key, value in info.items():
@@ -50,3 +54,40 @@ class RuntimeService(Servicer):
     ) -> pb.UpdateRuntimeConfigResponse:
         self._on_reactor(context, self._engine.update_pod_cidr, request.runtime_config.network_config.pod_cidr)
         return pb.UpdateRuntimeConfigResponse()
+
+    # -- pod sandboxes ---------------------------------------------------------
+
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.ServicerContext) -> pb.RunPodSandboxResponse:
+        spec = sandbox_convert.sandbox_spec(request)
+        sandbox = self._on_reactor(context, self._engine.sandboxes.run, spec)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)
+
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext) -> pb.StopPodSandboxResponse:
+        self._on_reactor(context, self._engine.sandboxes.stop, request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    def RemovePodSandbox(
+        self, request: pb.RemovePodSandboxRequest, context: grpc.ServicerContext
+    ) -> pb.RemovePodSandboxResponse:
+        self._on_reactor(context, self._engine.sandboxes.remove, request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    def PodSandboxStatus(
+        self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext
+    ) -> pb.PodSandboxStatusResponse:
+        def lookup():
+            sandbox = self._engine.sandboxes.get(request.pod_sandbox_id)
+            info = self._engine.sandboxes.verbose_info(sandbox) if request.verbose else None
+            return sandbox, info
+
+        sandbox, info = self._on_reactor(context, lookup)
+        response = pb.PodSandboxStatusResponse(status=sandbox_convert.sandbox_status(sandbox), timestamp=time.time_ns())
+        if info is not None:
+            response.info["info"] = json.dumps(info)
+        return response
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
+        f = request.filter
+        state = sandbox_convert.STATE_NAMES[f.state.state] if f.HasField("state") else None
+        sandboxes = self._on_reactor(context, self._engine.sandboxes.list, f.id, state, dict(f.label_selector))
+        return pb.ListPodSandboxResponse(items=[sandbox_convert.sandbox_summary(s) for s in sandboxes])

@@ -47,21 +47,42 @@ class Engine:
     :param config: the effective configuration.
     :param reactor: the reactor whose thread owns this engine.
     :param threadpool: where blocking file-system work runs.
+    :param images: the image manager (``rktlet.image.manager``), or ``None``
+        where a test needs no images.
+    :param sandboxes: the sandbox manager (``rktlet.pod.sandboxes``), or
+        ``None`` where a test needs no pods.
     """
 
-    def __init__(self, config: Config, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, threadpool: Any, images: Any = None, sandboxes: Any = None) -> None:
         self.config = config
         self._reactor = reactor
         self._threadpool = threadpool
+        self.images = images
+        self.sandboxes = sandboxes
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
         self.pod_cidrs: tuple[str, ...] = ()
 
     def load(self) -> None:
-        """Read persisted runtime state (called once at start-up)."""
+        """Read persisted state (once, at start-up, before serving: blocking
+        is fine here). Leftovers found are deleted in a thread afterwards."""
         os.makedirs(self.config.root, mode=0o711, exist_ok=True)
         os.makedirs(self.config.run_dir, mode=0o711, exist_ok=True)
         state = read_json(self._state_path, {}) or {}
         self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
+        if self.images is not None:
+            leftovers = self.images.load()
+            if any(leftovers):
+                self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
+        if self.sandboxes is not None:
+            half_made = self.sandboxes.load()
+            if half_made:
+                self._reactor.callWhenRunning(
+                    lambda: Deferred.fromCoroutine(self.sandboxes.clean_up_half_made(half_made))
+                )
+
+    def close(self) -> Deferred | None:
+        """Release what the engine holds open (pooled registry connections)."""
+        return self.images.close() if self.images is not None else None
 
     def version(self) -> tuple[str, str, str]:
         """``(runtime_name, runtime_version, runtime_api_version)``."""
@@ -86,8 +107,12 @@ class Engine:
 
     def status_info(self) -> dict[str, Any]:
         """What ``Status(verbose=true)`` adds, one JSON object per key: the
-        effective configuration and what the kubelet told us at run time."""
-        return {"config": self.config.as_dict(), "runtimeConfig": {"podCIDRs": list(self.pod_cidrs)}}
+        effective configuration, what the kubelet told us at run time, and
+        the image pulls in flight with their per-layer progress."""
+        info: dict[str, Any] = {"config": self.config.as_dict(), "runtimeConfig": {"podCIDRs": list(self.pod_cidrs)}}
+        if self.images is not None:
+            info["imagePulls"] = self.images.pulls_info()
+        return info
 
     def update_pod_cidr(self, pod_cidr: str) -> None:
         """Store the pod CIDR(s) the kubelet assigned to this node
@@ -107,6 +132,12 @@ class Engine:
         write_json_atomic(self._state_path, {"pod_cidrs": cidrs})
         self.pod_cidrs = tuple(cidrs)
         log.info("pod CIDR set to {cidrs}", cidrs=",".join(cidrs))
+
+    def handler_names(self) -> list[str]:
+        """The runtime handlers ``Status`` lists: the default (empty name) first."""
+        if self.sandboxes is None:
+            return []
+        return [""] + self.sandboxes.handlers.names
 
     def cgroup_driver(self) -> str:
         """The cgroup driver rktlet uses (the kubelet must match it)."""

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.support.daemon import Daemon
+from tests.support.pods import remove_all_pods
 
 
 def rktlet_command() -> list[str]:
@@ -28,4 +29,5 @@ def daemon():
     try:
         yield d.start()
     finally:
+        remove_all_pods(d)
         d.cleanup()

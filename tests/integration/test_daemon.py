@@ -13,7 +13,9 @@ import time
 import grpc
 import pytest
 
+from rktlet.cri.image_service import ImageService
 from rktlet.cri.proto import SERVICES, pb
+from rktlet.cri.runtime_service import RuntimeService
 from tests.support.daemon import Daemon, daemon_env, twistd_command, write_network
 
 
@@ -29,7 +31,19 @@ def test_version(daemon):
     assert response.runtime_version
 
 
+def test_default_network_is_written_into_an_empty_conf_dir(daemon):
+    path = os.path.join(daemon.cni_conf_dir, "10-rktlet.conflist")
+    with open(path) as f:
+        network = json.load(f)
+    assert network["name"] == "rkt.kubernetes.io"
+    assert [p["type"] for p in network["plugins"]] == ["bridge", "portmap"]
+    assert network["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.88.0.0/16"}]]
+    conditions, _ = status(daemon)
+    assert conditions["NetworkReady"].status is True, conditions["NetworkReady"].message
+
+
 def test_status_without_cni_config_names_the_reason(daemon):
+    os.unlink(os.path.join(daemon.cni_conf_dir, "10-rktlet.conflist"))
     conditions, _ = status(daemon)
     assert conditions["RuntimeReady"].status is True
     network = conditions["NetworkReady"]
@@ -39,6 +53,7 @@ def test_status_without_cni_config_names_the_reason(daemon):
 
 
 def test_status_network_ready_follows_config_and_plugins(daemon):
+    os.unlink(os.path.join(daemon.cni_conf_dir, "10-rktlet.conflist"))
     write_network(daemon.cni_conf_dir, plugins=("bridge", "no-such-plugin"))
     conditions, _ = status(daemon)
     assert conditions["NetworkReady"].status is False
@@ -56,6 +71,7 @@ def test_status_verbose_returns_effective_config(daemon):
     assert config["run-dir"] == daemon.run_dir
     assert config["stream-address"] == f"127.0.0.1:{daemon.stream_port}"
     assert config["log-level"] == "debug"
+    assert [h.name for h in response.runtime_handlers] == ["", "runc"]
 
 
 def test_runtime_config_reports_cgroupfs(daemon):
@@ -92,7 +108,9 @@ def _empty_request(method):
 
 def test_every_rpc_is_registered_and_unbuilt_ones_say_unimplemented(daemon):
     channel = daemon.channel()
-    implemented = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+    implemented = {
+        name for cls in (RuntimeService, ImageService) for name in vars(cls) if name[:1].isupper()
+    }
     seen = 0
     for service in SERVICES:
         for method in service.methods:
@@ -117,6 +135,7 @@ def test_every_rpc_is_registered_and_unbuilt_ones_say_unimplemented(daemon):
                 continue
             assert method.name in implemented, f"{path} answered without being built"
     assert seen == 43 - len(implemented)
+    assert {"Version", "Status", "PullImage"} <= implemented
     assert "Traceback" not in daemon.log()
 
 

@@ -51,6 +51,6 @@ class Crictl:
             raise AssertionError(f"crictl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def json(self, *args: str) -> Any:
-        """``crictl ARGS -o json`` parsed."""
-        return json.loads(self.run(*args, "-o", "json").stdout)
+    def json(self, command: str, *args: str) -> Any:
+        """``crictl COMMAND -o json ARGS`` parsed."""
+        return json.loads(self.run(command, "-o", "json", *args).stdout)

@@ -150,8 +150,14 @@ class Daemon:
         return proc.returncode
 
     def cleanup(self) -> None:
-        """Stop the daemon and remove its directories."""
+        """Stop the daemon and remove its directories — unmounting first
+        anything still mounted under them (a safety net: the tests remove
+        their pods, which unmounts)."""
         self.stop()
+        with open("/proc/self/mounts") as f:
+            mounted = [line.split()[1] for line in f]
+        for path in sorted((m for m in mounted if m.startswith(self.base + "/")), reverse=True):
+            subprocess.run(["umount", "-l", path], capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -91,8 +91,24 @@ def test_command_line_errors_are_usage_errors():
 
 
 def test_every_option_is_a_flag_and_a_config_attribute():
-    flags = {p[0] for p in Options.optParameters} | {"insecure-registry"}
+    o = Options()
+    flags = {p[0] for p in Options.optParameters} | {k for k in config.OPTIONS_BY_KEY if hasattr(o, "opt_" + k.replace("-", "_"))}
     for opt in config.OPTIONS:
         assert opt.key in flags
         assert hasattr(config.Config(), opt.attr)
         assert getattr(config.Config(), opt.attr) == opt.default
+
+
+def test_registry_mirrors_and_pull_timeout(tmp_path):
+    c = config.load({"registry-mirror": ["registry.k8s.io=http://127.0.0.1:5000/", "registry.k8s.io=https://m2"],
+                     "pull-progress-timeout": "5m"})
+    assert c.mirrors == {"registry.k8s.io": ["http://127.0.0.1:5000", "https://m2"]}
+    assert c.pull_progress_timeout == 300
+    with pytest.raises(ConfigError, match="--registry-mirror"):
+        config.load({"registry-mirror": ["registry.k8s.io"]})
+    with pytest.raises(ConfigError, match="--pull-progress-timeout"):
+        config.load({"pull-progress-timeout": "soon"})
+    path = tmp_path / "rktlet.toml"
+    path.write_text('registry-mirror = ["gcr.io=http://127.0.0.1:1"]\npull-progress-timeout = 30\n')
+    c = config.load({}, str(path))
+    assert c.mirrors == {"gcr.io": ["http://127.0.0.1:1"]} and c.pull_progress_timeout == 30

@@ -24,6 +24,12 @@ def test_default_config_documents_every_option_with_its_default():
             assert values[opt.key] == default, opt.key
 
 
+def test_shipped_config_is_the_generated_one():
+    assert (PACKAGING / "rktlet.toml").read_text() == config.default_config_text(), (
+        "packaging/rktlet.toml is stale: python -m rktlet.config > packaging/rktlet.toml"
+    )
+
+
 def test_readme_lists_every_option():
     text = README.read_text()
     for opt in config.OPTIONS:

@@ -1,0 +1,419 @@
+"""Image operations: pull, list, status, remove, file-system usage.
+
+A pull resolves the reference, fetches the manifest (choosing this host's
+platform from an index), the config and every missing layer — downloads run
+concurrently, each verified against its digest, then unpacked in a thread —
+and records the image only when all of it is in place. Pulls of the same
+reference, and downloads of the same layer, in flight at once are done once.
+A pull whose downloads receive nothing for ``pull_progress_timeout`` seconds
+is cancelled; one that keeps moving, however slowly, is not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+
+from rktlet import logs
+from rktlet.deferutil import Shared, all_or_nothing, finished
+from rktlet.errors import DeadlineExceeded, DigestMismatch, NotFound, RktletError
+from rktlet.image import manifest as manifests
+from rktlet.image import reference as references
+from rktlet.image.registry import Credentials, RegistryClient
+from rktlet.image.store import ImageRecord, ImageStore, LayerInfo, delete_paths, usage
+from rktlet.image.unpack import unpack_layer
+
+log = logs.logger("rktlet.image")
+
+# How often a running pull logs its progress at info level.
+PROGRESS_LOG_INTERVAL = 10.0
+# How long a measured store usage is reused for ImageFsInfo.
+USAGE_CACHE_SECONDS = 10.0
+
+
+@dataclass
+class LayerProgress:
+    """One layer of a pull: bytes done of total, and what is happening."""
+
+    digest: str
+    total: int
+    done: int = 0
+    state: str = "waiting"  # waiting, downloading, unpacking, done, present
+    changed: float = 0.0
+
+
+@dataclass
+class PullProgress:
+    """A pull in flight, as ``Status`` verbose shows it."""
+
+    image: str
+    started: float
+    changed: float
+    phase: str = "resolving"
+    layers: dict[str, LayerProgress] = field(default_factory=dict)
+
+    def touch(self, now: float) -> None:
+        self.changed = now
+
+    def last_activity(self) -> float:
+        times = [self.changed] + [layer.changed for layer in self.layers.values()]
+        return max(times)
+
+    def busy_unpacking(self) -> bool:
+        return any(layer.state == "unpacking" for layer in self.layers.values())
+
+    def summary(self) -> str:
+        done = sum(layer.done for layer in self.layers.values())
+        total = sum(layer.total for layer in self.layers.values())
+        finished_layers = sum(layer.state in ("done", "present") for layer in self.layers.values())
+        return f"{self.phase}, {finished_layers}/{len(self.layers)} layers, {_mib(done)} of {_mib(total)}"
+
+    def as_info(self, now: float) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "phase": self.phase,
+            "seconds": round(now - self.started, 1),
+            "idleSeconds": round(now - self.last_activity(), 1),
+            "layers": [
+                {"digest": layer.digest, "state": layer.state, "bytesDone": layer.done, "bytesTotal": layer.total}
+                for layer in self.layers.values()
+            ],
+        }
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+class ImageManager:
+    """The image side of the runtime.
+
+    :param reactor: provides ``callLater``/``seconds`` and the thread handoff.
+    :param store: the on-disk store (loaded by :meth:`load`).
+    :param registry: the registry client.
+    :param threadpool: where unpacking and tree removal run.
+    :param pull_progress_timeout: seconds without progress before a pull is cancelled.
+    :param platform: the platform chosen from multi-platform indexes.
+    :param unpack: the layer unpacker (``unpack_layer``), replaceable in tests.
+    :param layers_in_use: returns the chain ids that containers use, so
+        garbage collection keeps them.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: ImageStore,
+        registry: RegistryClient,
+        threadpool: Any,
+        pull_progress_timeout: float = 300.0,
+        platform: manifests.Platform | None = None,
+        unpack: Callable[..., Any] = unpack_layer,
+        layers_in_use: Callable[[], Sequence[str]] = lambda: (),
+    ) -> None:
+        self._reactor = reactor
+        self.store = store
+        self._registry = registry
+        self._threadpool = threadpool
+        self._timeout = pull_progress_timeout
+        self._platform = platform or manifests.host_platform()
+        self._unpack = unpack
+        self._layers_in_use = layers_in_use
+        self._pulls: dict[str, Shared] = {}
+        self._progress: dict[str, PullProgress] = {}
+        self._layer_jobs: dict[str, Shared] = {}
+        self._layer_progress: dict[str, list[LayerProgress]] = {}
+        self._configs: dict[str, manifests.ImageConfig] = {}
+        self._usage: tuple[float, int, int] | None = None
+
+    def close(self) -> Deferred:
+        """Close the registry client's pooled connections (at shutdown)."""
+        return self._registry.close()
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def load(self) -> tuple[list[str], list[str]]:
+        """Load the store (blocking: at start-up, before serving).
+
+        :returns: ``(directories, files)`` that interrupted pulls or removals
+            left behind, for :meth:`delete_leftovers`.
+        """
+        trash = self.store.load()
+        dirs, files = self.store.garbage(self._layers_in_use())
+        return trash + dirs, files
+
+    def delete_leftovers(self, leftovers: tuple[list[str], list[str]]) -> Deferred:
+        """Delete what :meth:`load` found, in a thread."""
+        dirs, files = leftovers
+        return self._in_thread(delete_paths, dirs, files)
+
+    # -- queries --------------------------------------------------------------
+
+    def list(self) -> list[ImageRecord]:
+        """Every image."""
+        return sorted(self.store.images.values(), key=lambda r: r.id)
+
+    def find(self, name: str) -> ImageRecord | None:
+        """The image *name* (id, tag or digest reference) refers to."""
+        return self.store.find(name)
+
+    def config(self, record: ImageRecord) -> manifests.ImageConfig:
+        """The parsed config of *record* (read once, then cached)."""
+        cached = self._configs.get(record.id)
+        if cached is None:
+            cached = manifests.parse_config(self.store.read_blob(record.id), record.id)
+            self._configs[record.id] = cached
+        return cached
+
+    def pulls_info(self) -> list[dict[str, Any]]:
+        """The pulls in flight with per-layer bytes, for ``Status`` verbose."""
+        now = self._reactor.seconds()
+        return [p.as_info(now) for p in self._progress.values()]
+
+    # -- pull -----------------------------------------------------------------
+
+    def pull(self, image: str, credentials: Credentials | None = None) -> Deferred:
+        """Pull *image*; fires with its :class:`ImageRecord`.
+
+        Concurrent pulls of the same reference share one pull; cancelling one
+        caller's Deferred leaves the others' pull running.
+        """
+        ref = references.parse(image)
+        key = str(ref)
+        shared = self._pulls.get(key)
+        if shared is None:
+            operation = Deferred.fromCoroutine(self._pull(ref, credentials))
+            shared = Shared(operation)
+            self._pulls[key] = shared
+            operation.addBoth(lambda result: (self._pulls.pop(key, None), result)[1])
+        return shared.wait()
+
+    async def _pull(self, ref: references.Reference, credentials: Credentials | None) -> ImageRecord:
+        now = self._reactor.seconds()
+        progress = PullProgress(str(ref), now, now)
+        key = str(ref)
+        self._progress[key] = progress
+        work = Deferred.fromCoroutine(self._pull_steps(ref, credentials, progress))
+        stalled: list[str] = []
+
+        def watch() -> None:
+            idle = self._reactor.seconds() - progress.last_activity()
+            if idle >= self._timeout and not progress.busy_unpacking():
+                stalled.append(f"pull of {ref} made no progress for {idle:.0f}s ({progress.summary()}); cancelled")
+                work.cancel()
+
+        def report() -> None:
+            log.info("pulling {image}: {summary}", image=key, summary=progress.summary())
+
+        watchdog = LoopingCall(watch)
+        watchdog.clock = self._reactor
+        watchdog.start(min(self._timeout / 4, 5.0), now=False)
+        reporter = LoopingCall(report)
+        reporter.clock = self._reactor
+        reporter.start(PROGRESS_LOG_INTERVAL, now=False)
+        started = time.monotonic()
+        try:
+            record = await work
+        except CancelledError:
+            if stalled:
+                log.error("{message}", message=stalled[0])
+                raise DeadlineExceeded(stalled[0]) from None
+            raise
+        except RktletError as e:
+            log.error("pull of {image} failed: {error}", image=key, error=str(e))
+            raise
+        finally:
+            watchdog.stop()
+            reporter.stop()
+            del self._progress[key]
+        log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
+                 image=key, id=record.id, seconds=time.monotonic() - started, summary=progress.summary())
+        return record
+
+    async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
+        top = await self._registry.get_manifest(ref, manifests.ACCEPT, credentials)
+        progress.touch(self._reactor.seconds())
+        where = top.source
+        parsed = manifests.parse_manifest(top.media_type, top.body, where)
+        index_digest = ""
+        platform_manifest = top
+        if isinstance(parsed, manifests.ImageIndex):
+            index_digest = top.digest
+            chosen = manifests.select_platform(parsed, self._platform, where)
+            platform_manifest = await self._registry.get_manifest(
+                ref, manifests.MANIFEST_TYPES, credentials, reference=chosen.digest
+            )
+            parsed = manifests.parse_manifest(platform_manifest.media_type, platform_manifest.body, platform_manifest.source)
+            if not isinstance(parsed, manifests.ImageManifest):
+                raise NotFound(f"{where}: index entry {chosen.digest} is not an image manifest")
+        assert isinstance(parsed, manifests.ImageManifest)
+        progress.phase = "config"
+        progress.touch(self._reactor.seconds())
+        config_digest = parsed.config.digest
+        if not self.store.has_blob(config_digest):
+            path = self.store.ingest_path()
+            try:
+                await self._registry.get_blob(ref, config_digest, path, credentials, expected_size=parsed.config.size)
+                self.store.commit_blob(path, config_digest)
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
+        config = manifests.parse_config(self.store.read_blob(config_digest), f"{where} config {config_digest}")
+        if len(config.diff_ids) != len(parsed.layers):
+            raise DigestMismatch(
+                f"{where}: manifest lists {len(parsed.layers)} layers but its config {config_digest} "
+                f"lists {len(config.diff_ids)} diff ids"
+            )
+        chain = manifests.chain_ids(config.diff_ids)
+        progress.phase = "layers"
+        jobs = []
+        for i, layer in enumerate(parsed.layers):
+            lp = LayerProgress(layer.digest, layer.size, changed=self._reactor.seconds())
+            progress.layers[chain[i]] = lp
+            if self.store.layer(chain[i]) is not None:
+                lp.state, lp.done = "present", layer.size
+                continue
+            jobs.append(self._layer(ref, credentials, layer, config.diff_ids[i], chain[i], chain[i - 1] if i else "", lp))
+        if jobs:
+            await all_or_nothing(jobs)
+        progress.phase = "recording"
+        for digest, body in ((top.digest, top.body), (platform_manifest.digest, platform_manifest.body)):
+            self.store.put_blob(digest, body)
+        size = sum(info.size for c in chain if (info := self.store.layer(c)) is not None) + parsed.config.size
+        record = ImageRecord(
+            id=config_digest,
+            repo_tags=[ref.repo_tag] if ref.repo_tag else [],
+            repo_digests=[f"{ref.name}@{top.digest}"],
+            chain_ids=list(chain),
+            size=size,
+            user=config.user,
+            manifest_digest=platform_manifest.digest,
+            index_digest=index_digest,
+            source=platform_manifest.source,
+            pulled_at=time.time(),
+        )
+        self._configs[record.id] = config
+        self._usage = None
+        return self.store.put_image(record)
+
+    def _layer(
+        self,
+        ref: references.Reference,
+        credentials: Credentials | None,
+        layer: manifests.Descriptor,
+        diff_id: str,
+        chain_id: str,
+        parent: str,
+        progress: LayerProgress,
+    ) -> Deferred:
+        """Fetch and unpack one layer, shared with any pull already doing it."""
+        watchers = self._layer_progress.setdefault(chain_id, [])
+        watchers.append(progress)
+        job = self._layer_jobs.get(chain_id)
+        if job is None:
+            operation = Deferred.fromCoroutine(self._fetch_layer(ref, credentials, layer, diff_id, chain_id, parent))
+
+            def forget(result: Any) -> Any:
+                self._layer_jobs.pop(chain_id, None)
+                self._layer_progress.pop(chain_id, None)
+                return result
+
+            operation.addBoth(forget)
+            job = Shared(operation)
+            self._layer_jobs[chain_id] = job
+
+        def detach(result: Any) -> Any:
+            if progress in self._layer_progress.get(chain_id, []):
+                self._layer_progress[chain_id].remove(progress)
+            return result
+
+        return job.wait().addBoth(detach)
+
+    def _set_layer(self, chain_id: str, state: str | None = None, done: int | None = None) -> None:
+        now = self._reactor.seconds()
+        for lp in self._layer_progress.get(chain_id, []):
+            if state is not None:
+                lp.state = state
+            if done is not None:
+                lp.done = done
+            lp.changed = now
+
+    async def _fetch_layer(
+        self,
+        ref: references.Reference,
+        credentials: Credentials | None,
+        layer: manifests.Descriptor,
+        diff_id: str,
+        chain_id: str,
+        parent: str,
+    ) -> None:
+        blob = self.store.ingest_path()
+        self._set_layer(chain_id, "downloading")
+        try:
+            await self._registry.get_blob(
+                ref, layer.digest, blob, credentials,
+                progress=lambda done, total: self._set_layer(chain_id, done=done),
+                expected_size=layer.size,
+            )  # fmt: skip
+            self._set_layer(chain_id, "unpacking")
+            tmp_dir = self.store.new_layer_dir()
+            unpacking = Shared(
+                # The compression is told by the blob's magic bytes, not the
+                # media type: registries do mislabel layers.
+                self._in_thread(self._unpack, blob, os.path.join(tmp_dir, "diff"), None),
+                cancel_when_abandoned=False,
+            )
+            try:
+                result = await unpacking.wait()
+                if result.diff_id != diff_id:
+                    raise DigestMismatch(
+                        f"layer {layer.digest} of {ref} unpacks to {result.diff_id}, but the image config says {diff_id}"
+                    )
+                self.store.commit_layer(tmp_dir, LayerInfo(chain_id, diff_id, parent, result.size, result.inodes))
+            except BaseException:
+                await finished(unpacking)  # the thread cannot be stopped: let it end before cleaning up
+                await self._in_thread(delete_paths, [tmp_dir])
+                raise
+            self._set_layer(chain_id, "done")
+            log.info("layer {digest} of {image} unpacked ({size})", digest=layer.digest, image=str(ref), size=_mib(result.size))
+        finally:
+            if os.path.exists(blob):
+                os.unlink(blob)
+
+    # -- removal and usage ------------------------------------------------------
+
+    async def remove(self, name: str) -> ImageRecord | None:
+        """Remove the image *name* refers to, then whatever only it used.
+        Absent images are not an error (the CRI asks for that)."""
+        record = self.store.find(name)
+        if record is None:
+            return None
+        self.store.remove_image(record)
+        self._configs.pop(record.id, None)
+        await self.collect_garbage()
+        log.info("removed image {id} ({tags})", id=record.id, tags=", ".join(record.repo_tags) or "untagged")
+        return record
+
+    async def collect_garbage(self) -> None:
+        """Delete layers and blobs that no image or container uses."""
+        in_flight = set(self._layer_jobs)
+        dirs, files = self.store.garbage(list(self._layers_in_use()) + list(in_flight))
+        self._usage = None
+        if dirs or files:
+            await self._in_thread(delete_paths, dirs, files)
+
+    async def fs_usage(self) -> tuple[float, str, int, int]:
+        """``(timestamp, mountpoint, bytes, inodes)`` of the image store;
+        measured in a thread, reused for a few seconds."""
+        now = self._reactor.seconds()
+        if self._usage is None or now - self._usage[0] > USAGE_CACHE_SECONDS:
+            used, inodes = await self._in_thread(usage, self.store.dir)
+            self._usage = (now, used, inodes)
+        stamp, used, inodes = self._usage
+        return time.time(), self.store.dir, used, inodes

@@ -1,0 +1,1 @@
+"""OCI execution: runtime handlers, runc/conmon, namespaces, mounts, cgroups."""

@@ -1,0 +1,40 @@
+"""mount(2) and umount2(2) for the few mounts rktlet makes itself (a pod's
+/dev/shm, layer overlays). Blocking: call from worker threads."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MNT_DETACH = 0x2
+EINVAL = 22
+ENOENT = 2
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2); raises OSError naming the target."""
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target} ({data}): {os.strerror(err)}")
+
+
+def unmount(target: str) -> None:
+    """Lazily unmount *target*; not mounted or absent is fine (idempotent)."""
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (EINVAL, ENOENT):
+            raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mount_shm(target: str, size_bytes: int) -> None:
+    """A pod's /dev/shm: a size-limited tmpfs, mode 1777, nosuid/nodev/noexec."""
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={size_bytes}")

@@ -1,0 +1,410 @@
+"""Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox and the
+queries, with persistence and recovery.
+
+A sandbox is made in steps — files, pinned namespaces, /dev/shm, cgroup,
+CNI attachment, infra process — each with its undo. A failed step undoes the
+ones before it. The record is persisted as CREATING before the first step and
+as READY after the last, so a daemon killed in between finds the half-made
+pod at start-up and undoes it (every undo is idempotent and works from what
+the record says may exist).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any, Awaitable, Callable, Iterable
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.threads import deferToThreadPool
+
+from rktlet import logs
+from rktlet.config import Config
+from rktlet.deferutil import Shared
+from rktlet.errors import AlreadyExists, InvalidArgument, NotFound, RktletError
+from rktlet.fsutil import write_atomic
+from rktlet.network import dns
+from rktlet.network.cni import CNI, Attachment, PortMapping
+from rktlet.network.default_network import ensure_default_network
+from rktlet.oci import cgroups, infra, mounts, namespaces
+from rktlet.oci.handlers import Handlers
+from rktlet.pod import ids
+from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
+from rktlet.pod.spec import SandboxSpec
+from rktlet.pod.store import PodStore
+
+log = logs.logger("rktlet.pod.sandboxes")
+
+# Where pods without a cgroup_parent go (cgroupfs path).
+DEFAULT_CGROUP_ROOT = "/rktlet"
+
+
+def _loopback_up() -> None:
+    """Bring up ``lo`` in the calling thread's network namespace (what the
+    CNI loopback plugin does, without starting a process)."""
+    import fcntl
+    import socket
+    import struct
+
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+
+
+class SandboxManager:
+    """Owns every sandbox record; used on the reactor thread only.
+
+    :param reactor: for process spawning and thread handoff.
+    :param threadpool: where blocking work (mounts, namespaces, files) runs.
+    :param config: the daemon's configuration.
+    :param store: durable sandbox records.
+    :param cni: the CNI driver.
+    :param handlers: the configured runtime handlers.
+    :param cgroup_layout: the host's cgroup layout (``cgroups.detect()``).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        threadpool: Any,
+        config: Config,
+        store: PodStore,
+        cni: CNI,
+        handlers: Handlers,
+        cgroup_layout: cgroups.Layout,
+    ) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._config = config
+        self._store = store
+        self._cni = cni
+        self.handlers = handlers
+        self._cgroups = cgroup_layout
+        self.sandboxes: dict[str, Sandbox] = {}
+        self._by_key: dict[str, str] = {}
+        self._creating: dict[str, Shared] = {}
+        self._locks: dict[str, DeferredLock] = {}
+        self._pods_dir = os.path.join(config.run_dir, "pods")
+        # Set by the container side: stops / removes a pod's containers.
+        self.stop_containers: Callable[[Sandbox, bool], Awaitable[None]] | None = None
+        self.remove_containers: Callable[[Sandbox], Awaitable[None]] | None = None
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    # -- start-up ---------------------------------------------------------------
+
+    def load(self) -> list[Sandbox]:
+        """Read the records (blocking: at start-up). Pods whose namespaces
+        or infra process are gone (a reboot) become NOTREADY.
+
+        :returns: half-made sandboxes (CREATING) for :meth:`clean_up_half_made`.
+        """
+        os.makedirs(self._pods_dir, mode=0o711, exist_ok=True)
+        ensure_default_network(self._config.cni_conf_dir, self._config.default_network_subnet)
+        half_made = []
+        for sb in self._store.load():
+            if sb.state == CREATING:
+                half_made.append(sb)
+                continue
+            if sb.state == READY and not self._intact(sb):
+                log.warn("pod sandbox {id} lost its namespaces or infra process; now NOTREADY", id=sb.id)
+                sb.state = NOTREADY
+                self._store.save(sb)
+            self._add(sb)
+        return half_made
+
+    def _intact(self, sb: Sandbox) -> bool:
+        if any(not namespaces.is_pinned(p) for p in sb.namespaces.values()):
+            return False
+        if sb.infra_pid and not infra.alive(infra.InfraProcess(sb.infra_pid, sb.infra_start_time)):
+            return False
+        return True
+
+    async def clean_up_half_made(self, half_made: list[Sandbox]) -> None:
+        """Undo sandboxes a crash left in CREATING."""
+        for sb in half_made:
+            log.warn("undoing pod sandbox {id} ({key}) left half-made by a crash", id=sb.id, key=sb.key)
+            try:
+                await self._teardown(sb, remove=True)
+            except Exception as e:
+                log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
+            self._store.delete(sb.id)
+
+    def _add(self, sb: Sandbox) -> None:
+        self.sandboxes[sb.id] = sb
+        self._by_key[sb.key] = sb.id
+
+    def _forget(self, sb: Sandbox) -> None:
+        self.sandboxes.pop(sb.id, None)
+        if self._by_key.get(sb.key) == sb.id:
+            del self._by_key[sb.key]
+        self._locks.pop(sb.id, None)
+
+    def _lock(self, sandbox_id: str) -> DeferredLock:
+        return self._locks.setdefault(sandbox_id, DeferredLock())
+
+    # -- lookups ----------------------------------------------------------------
+
+    def find(self, id_or_prefix: str) -> Sandbox | None:
+        """The sandbox with this id or unique id prefix, if any."""
+        if id_or_prefix in self.sandboxes:
+            return self.sandboxes[id_or_prefix]
+        found = ids.resolve(id_or_prefix, self.sandboxes)
+        return self.sandboxes[found] if found else None
+
+    def get(self, id_or_prefix: str) -> Sandbox:
+        """Like :meth:`find`, but a missing sandbox is :class:`NotFound`."""
+        sb = self.find(id_or_prefix)
+        if sb is None:
+            raise NotFound(f"pod sandbox {id_or_prefix!r} not found")
+        return sb
+
+    def list(self, id_prefix: str = "", state: str | None = None, labels: dict[str, str] | None = None) -> list[Sandbox]:
+        """Sandboxes matching every filter given (served from memory)."""
+        if id_prefix:
+            try:
+                sb = self.find(id_prefix)
+            except InvalidArgument:
+                return []
+            candidates: Iterable[Sandbox] = [sb] if sb else []
+        else:
+            candidates = self.sandboxes.values()
+        out = []
+        for sb in candidates:
+            if sb.state == CREATING:
+                continue
+            if state is not None and sb.state != state:
+                continue
+            if labels and any(sb.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(sb)
+        return sorted(out, key=lambda s: s.created_at)
+
+    # -- RunPodSandbox ----------------------------------------------------------
+
+    async def run(self, spec: SandboxSpec) -> Sandbox:
+        """Create a sandbox, or return the one a retried request already made."""
+        existing_id = self._by_key.get(spec.key)
+        if existing_id is not None:
+            existing = self.sandboxes[existing_id]
+            if existing.fingerprint != spec.fingerprint:
+                raise AlreadyExists(
+                    f"pod sandbox name {spec.key} is reserved by sandbox {existing.id} with a different config"
+                )
+            if existing.state == CREATING:
+                log.info("RunPodSandbox retried for {key}: waiting for the first attempt ({id})", key=spec.key, id=existing.id)
+                await self._creating[existing.id].wait()
+                return self.get(existing.id)
+            if existing.state == READY:
+                return existing
+            raise AlreadyExists(f"pod sandbox name {spec.key} is reserved by stopped sandbox {existing.id}; remove it first")
+        handler = self.handlers.select(spec.handler, spec.annotations)
+        sb = self._new_record(spec, handler)
+        self._add(sb)
+        self._store.save(sb)  # CREATING: a crash from here on is undone at start-up
+        operation = Deferred.fromCoroutine(self._create(sb, spec))
+        self._creating[sb.id] = Shared(operation, cancel_when_abandoned=False)
+        try:
+            return await self._creating[sb.id].wait()
+        finally:
+            self._creating.pop(sb.id, None)
+
+    def _new_record(self, spec: SandboxSpec, handler: str) -> Sandbox:
+        sandbox_id = ids.new_id()
+        directory = os.path.join(self._pods_dir, sandbox_id)
+        ns_dir = os.path.join(directory, "ns")
+        kinds = []
+        if spec.network_mode != MODE_NODE:
+            kinds += ["net", "uts"]  # a host-network pod keeps the host's hostname too
+        if spec.ipc_mode != MODE_NODE:
+            kinds.append("ipc")
+        return Sandbox(
+            id=sandbox_id,
+            name=spec.name,
+            namespace=spec.namespace,
+            uid=spec.uid,
+            attempt=spec.attempt,
+            fingerprint=spec.fingerprint,
+            created_at=time.time_ns(),
+            handler=handler,
+            hostname=spec.hostname or (spec.name if spec.network_mode != MODE_NODE else os.uname().nodename),
+            log_directory=spec.log_directory,
+            labels=dict(spec.labels),
+            annotations=dict(spec.annotations),
+            network_mode=spec.network_mode,
+            pid_mode=spec.pid_mode,
+            ipc_mode=spec.ipc_mode,
+            dir=directory,
+            namespaces={k: os.path.join(ns_dir, k) for k in kinds},
+            shm=os.path.join(directory, "shm") if spec.ipc_mode != MODE_NODE else "",
+            cgroup_parent=spec.cgroup_parent or f"{DEFAULT_CGROUP_ROOT}/{sandbox_id}",
+            port_mappings=[vars(p) for p in spec.port_mappings],
+            dns={"servers": list(spec.dns_servers), "searches": list(spec.dns_searches), "options": list(spec.dns_options)},
+            sysctls=dict(spec.sysctls),
+        )
+
+    async def _create(self, sb: Sandbox, spec: SandboxSpec) -> Sandbox:
+        started = time.monotonic()
+        try:
+            await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
+            sb.created_cgroups = await self._in_thread(cgroups.ensure, self._cgroups, sb.cgroup_parent)
+            if sb.netns:
+                result = await self._cni.add(self._attachment(sb))
+                sb.network_attached = True
+                sb.network_name = result.network_name
+                sb.ips = list(result.ips)
+                await self._in_thread(self._write_hosts, sb)
+            if sb.pid_mode == MODE_POD:
+                process = await infra.start(self._reactor, sb.namespaces)
+                sb.infra_pid, sb.infra_start_time = process.pid, process.start_time
+                await self._in_thread(cgroups.add_process, self._cgroups, sb.cgroup_parent, process.pid)
+            sb.state = READY
+            self._store.save(sb)
+        except BaseException as e:
+            log.error("RunPodSandbox {key} failed: {error}; undoing", key=sb.key, error=e)
+            try:
+                await self._teardown(sb, remove=True)
+            except Exception as undo_error:
+                log.error("undo of pod sandbox {id} incomplete: {error}", id=sb.id, error=undo_error)
+            self._store.delete(sb.id)
+            self._forget(sb)
+            raise
+        log.info("pod sandbox {id} ({key}) ready in {ms:.0f}ms, IPs {ips}", id=sb.id, key=sb.key,
+                 ms=(time.monotonic() - started) * 1000, ips=",".join(sb.ips) or "host network")
+        return sb
+
+    def _attachment(self, sb: Sandbox) -> Attachment:
+        return Attachment(
+            container_id=sb.id,
+            netns=sb.netns,
+            pod_name=sb.name,
+            pod_namespace=sb.namespace,
+            pod_uid=sb.uid,
+            port_mappings=tuple(
+                PortMapping(p["host_port"], p["container_port"], p["protocol"], p["host_ip"])
+                for p in sb.port_mappings
+                if p["host_port"]
+            ),
+            dns={k: v for k, v in sb.dns.items() if v} or None,
+        )
+
+    def _make_files_and_namespaces(self, sb: Sandbox, shm_size: int) -> None:
+        """Blocking part of creation: files, pinned namespaces, /dev/shm."""
+        os.makedirs(os.path.join(sb.dir, "ns"), mode=0o711, exist_ok=True)
+        with open(dns.HOST_RESOLV_CONF) as f:
+            host_resolv = f.read()
+        write_atomic(os.path.join(sb.dir, "resolv.conf"),
+                     dns.resolv_conf(sb.dns["servers"], sb.dns["searches"], sb.dns["options"], host_resolv).encode())
+        write_atomic(os.path.join(sb.dir, "hostname"), (sb.hostname + "\n").encode())
+        self._write_hosts(sb)
+        hostname = sb.hostname if "uts" in sb.namespaces else None
+        namespaces.create_pinned(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
+        if sb.netns:
+            namespaces.run_in_namespace(sb.netns, "net", _loopback_up)
+        if sb.shm:
+            mounts.mount_shm(sb.shm, shm_size)
+
+    @staticmethod
+    def _write_hosts(sb: Sandbox) -> None:
+        write_atomic(os.path.join(sb.dir, "hosts"), dns.hosts_file(sb.hostname, sb.ips).encode())
+
+    # -- Stop / Remove ------------------------------------------------------------
+
+    async def stop(self, id_or_prefix: str) -> None:
+        """StopPodSandbox: stop the containers, detach the network, end the
+        infra process. Idempotent; an unknown id is fine (the CRI says so)."""
+        sb = self.find(id_or_prefix)
+        if sb is None:
+            return
+        await self._wait_created(sb)
+        lock = self._lock(sb.id)
+        await lock.acquire()
+        try:
+            if self.stop_containers is not None:
+                await self.stop_containers(sb, False)
+            await self._teardown(sb, remove=False)
+            if sb.state != NOTREADY:
+                sb.state = NOTREADY
+                self._store.save(sb)
+        finally:
+            lock.release()
+
+    async def remove(self, id_or_prefix: str) -> None:
+        """RemovePodSandbox: force-stop, then remove everything the sandbox
+        made and its record. Idempotent."""
+        sb = self.find(id_or_prefix)
+        if sb is None:
+            return
+        await self._wait_created(sb)
+        lock = self._lock(sb.id)
+        await lock.acquire()
+        try:
+            if sb.id not in self.sandboxes:
+                return
+            if self.stop_containers is not None:
+                await self.stop_containers(sb, True)
+            if self.remove_containers is not None:
+                await self.remove_containers(sb)
+            await self._teardown(sb, remove=True)
+            self._store.delete(sb.id)
+            self._forget(sb)
+            log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)
+        finally:
+            lock.release()
+
+    async def _wait_created(self, sb: Sandbox) -> None:
+        creating = self._creating.get(sb.id)
+        if creating is not None:
+            try:
+                await creating.wait()
+            except Exception:
+                pass  # it undid itself
+
+    async def _teardown(self, sb: Sandbox, remove: bool) -> None:
+        """Release what the sandbox holds: infra process, CNI attachment,
+        network namespace — and with *remove*, everything else. Each part is
+        idempotent; a CNI DEL that fails (config or plugin gone) is logged
+        and does not keep the rest from being released."""
+        if sb.infra_pid:
+            await infra.stop(self._reactor, infra.InfraProcess(sb.infra_pid, sb.infra_start_time))
+        if sb.network_attached or (remove and sb.netns):
+            try:
+                await self._cni.delete(self._attachment(sb))
+            except RktletError as e:
+                log.error("CNI DEL for pod sandbox {id} failed: {error}; releasing the rest anyway", id=sb.id, error=e)
+            sb.network_attached = False
+        pinned = [sb.netns] if sb.netns else []
+        if remove:
+            pinned = list(sb.namespaces.values())
+        await self._in_thread(self._release_files, sb, pinned, remove)
+        if remove and sb.created_cgroups:
+            await self._in_thread(cgroups.remove, sb.created_cgroups)
+            sb.created_cgroups = []
+
+    @staticmethod
+    def _release_files(sb: Sandbox, pinned: list[str], remove: bool) -> None:
+        namespaces.remove_pinned(pinned)
+        if remove:
+            if sb.shm:
+                mounts.unmount(sb.shm)
+            shutil.rmtree(sb.dir, ignore_errors=True)
+
+    # -- reporting ------------------------------------------------------------------
+
+    def verbose_info(self, sb: Sandbox) -> dict[str, Any]:
+        """What PodSandboxStatus verbose shows about *sb*."""
+        return {
+            "pid": sb.infra_pid,
+            "netns": sb.netns,
+            "namespaces": sb.namespaces,
+            "cgroupParent": sb.cgroup_parent,
+            "runtimeHandler": sb.handler,
+            "cniResult": (self._cni.cached(sb.id) or {}).get("result"),
+            "files": {n: os.path.join(sb.dir, n) for n in ("resolv.conf", "hosts", "hostname")},
+            "shm": sb.shm,
+        }
+

@@ -1,0 +1,398 @@
+"""A throw-away containerd (Debian's ``containerd`` 1.6) with its CRI plugin,
+for benchmarks that compare rktlet with containerd in the same run.
+
+:class:`Containerd` writes its own configuration file into a private
+temporary directory and starts ``containerd --config FILE`` as a child
+process: its own ``root``, ``state`` and ``temp`` directories, its own gRPC
+socket (the CRI v1 services are served there too), the overlayfs snapshotter,
+cgroupfs (``SystemdCgroup = false``), ``restrict_oom_score_adj = true``
+(nothing here may lower ``oom_score_adj``), an empty CNI configuration
+directory of its own, and a ``hosts.toml`` per plain-HTTP registry given in
+``insecure_registries`` (``config_path`` registry configuration).
+
+containerd puts some things under ``/run/containerd`` whatever its
+configuration says (shim sockets, runc state); only image operations are meant
+to be run against this instance, which leave nothing there, and
+:meth:`Containerd.cleanup` removes ``/run/containerd`` again when it did not
+exist before the start and is left empty.
+
+The process is stopped by its PID (SIGTERM, then SIGKILL), anything still
+mounted under its directory is unmounted, and the directory is removed, by
+:meth:`Containerd.cleanup`, by the context manager, and as a last resort at
+interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+import grpc
+
+from rktlet.cri.proto import pb, pb_grpc
+
+__all__ = [
+    "Containerd",
+    "ContainerdError",
+    "containerd_binary",
+    "containerd_version",
+    "INSTALL_HINT",
+]
+
+INSTALL_HINT = "containerd is not installed; install it with: apt-get install -y containerd"
+
+RUN_CONTAINERD = "/run/containerd"
+
+_START_TIMEOUT = 30.0
+_STOP_GRACE = 10.0
+_MNT_DETACH = 2
+
+#: Plugins of no use for image pulls on this kind of machine (they only log
+#: errors at start, or probe things that do not exist here).
+_DISABLED_PLUGINS = (
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.internal.v1.tracing",
+    "io.containerd.tracing.processor.v1.otlp",
+)
+
+_LIVE: "set[Containerd]" = set()
+
+
+class ContainerdError(RuntimeError):
+    """containerd could not be started or did not answer."""
+
+
+def containerd_binary() -> Optional[str]:
+    """Path of the ``containerd`` program, or ``None`` if it is not installed."""
+    return shutil.which("containerd", path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+def containerd_version(binary: Optional[str] = None) -> str:
+    """``containerd --version`` (one line), e.g. ``containerd github.com/... 1.6.20~ds1 ...``."""
+    binary = binary or containerd_binary()
+    if binary is None:
+        raise ContainerdError(INSTALL_HINT)
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    return (out.stdout or out.stderr).strip()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the process that started it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # best effort; cleanup()/atexit remain the main cleanup
+        pass
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML value for ``str``/``bool``/``int``/``float``/lists of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_tables(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{"table.name": {key: value}}`` as TOML text (top level under ``""``)."""
+    lines: list[str] = []
+    for name, values in tables.items():
+        if name:
+            lines.append("")
+            lines.append(f"[{name}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _mounts_under(prefix: str) -> list[str]:
+    """Mount points at or below ``prefix`` (deepest first), from /proc/mounts."""
+    found = []
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 2:
+                    continue
+                # /proc/mounts escapes space, tab, newline and backslash in octal.
+                point = fields[1].encode().decode("unicode_escape")
+                if point == prefix or point.startswith(prefix.rstrip("/") + "/"):
+                    found.append(point)
+    except OSError:
+        pass
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def unmount_under(prefix: str) -> list[str]:
+    """Unmount everything mounted at or below ``prefix``; return what was unmounted."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    done = []
+    for _ in range(5):  # stacked mounts need more than one pass
+        points = _mounts_under(prefix)
+        if not points:
+            break
+        for point in points:
+            if libc.umount2(point.encode(), 0) != 0:
+                libc.umount2(point.encode(), _MNT_DETACH)
+            done.append(point)
+    return done
+
+
+class Containerd:
+    """One containerd process in its own temporary directory, serving CRI v1.
+
+    :param insecure_registries: ``HOST:PORT`` of registries reached over plain
+        HTTP (each gets ``certs.d/HOST:PORT/hosts.toml``).
+    :param log_level: containerd's log level (``info`` by default, as shipped).
+    :param cri: more keys of the ``io.containerd.grpc.v1.cri`` plugin table
+        (e.g. ``{"sandbox_image": ..., "max_concurrent_downloads": 3}``).
+    :param binary: the containerd program (found on PATH by default).
+    """
+
+    def __init__(
+        self,
+        insecure_registries: Iterable[str] = (),
+        log_level: str = "info",
+        cri: Optional[Mapping[str, Any]] = None,
+        binary: Optional[str] = None,
+    ) -> None:
+        self.binary = binary or containerd_binary()
+        if self.binary is None:
+            raise ContainerdError(INSTALL_HINT)
+        self.insecure_registries = tuple(insecure_registries)
+        self.log_level = log_level
+        self.cri_options = dict(cri or {})
+        self.base: Optional[str] = None
+        self.process: Optional[subprocess.Popen] = None
+        self._channel: Optional[grpc.Channel] = None
+        self._run_containerd_existed = os.path.exists(RUN_CONTAINERD)
+
+    # -- paths --------------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        if self.base is None:
+            raise ContainerdError("containerd is not started")
+        return os.path.join(self.base, *parts)
+
+    @property
+    def root(self) -> str:
+        """containerd's persistent root (content store, snapshots, metadata)."""
+        return self._path("root")
+
+    @property
+    def state(self) -> str:
+        """containerd's state directory."""
+        return self._path("state")
+
+    @property
+    def socket(self) -> str:
+        """The gRPC socket (containerd API and CRI v1)."""
+        return self._path("containerd.sock")
+
+    @property
+    def config_path(self) -> str:
+        """The generated configuration file."""
+        return self._path("config.toml")
+
+    @property
+    def log_path(self) -> str:
+        """File receiving containerd's stdout and stderr."""
+        return self._path("containerd.log")
+
+    @property
+    def pid(self) -> Optional[int]:
+        """PID of the containerd process, or ``None`` when not running."""
+        return self.process.pid if self.process is not None else None
+
+    # -- configuration ---------------------------------------------------------------
+
+    def config_text(self) -> str:
+        """The TOML configuration this instance runs with."""
+        cri_table = 'plugins."io.containerd.grpc.v1.cri"'
+        cri: dict[str, Any] = {
+            "restrict_oom_score_adj": True,
+            "disable_tcp_service": True,
+            "stream_server_address": "127.0.0.1",
+            "stream_server_port": "0",
+            "enable_selinux": False,
+        }
+        cri.update(self.cri_options)
+        tables: dict[str, dict[str, Any]] = {
+            "": {
+                "version": 2,
+                "root": self.root,
+                "state": self.state,
+                "temp": self._path("tmp"),
+                "oom_score": 0,
+                "disabled_plugins": list(_DISABLED_PLUGINS),
+            },
+            "grpc": {"address": self.socket},
+            "ttrpc": {"address": self.socket + ".ttrpc"},
+            "debug": {"address": "", "level": self.log_level},
+            "metrics": {"address": ""},
+            cri_table: cri,
+            f"{cri_table}.containerd": {
+                "snapshotter": "overlayfs",
+                "default_runtime_name": "runc",
+                "discard_unpacked_layers": False,
+            },
+            f"{cri_table}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{cri_table}.containerd.runtimes.runc.options": {"SystemdCgroup": False},
+            f"{cri_table}.cni": {"bin_dir": "/usr/lib/cni", "conf_dir": self._path("net.d")},
+            f"{cri_table}.registry": {"config_path": self._path("certs.d")},
+            'plugins."io.containerd.internal.v1.opt"': {"path": self._path("opt")},
+        }
+        return _toml_tables(tables)
+
+    def _write_files(self) -> None:
+        for sub in ("root", "state", "tmp", "net.d", "certs.d", "opt"):
+            os.makedirs(self._path(sub), exist_ok=True)
+        for host in self.insecure_registries:
+            hdir = self._path("certs.d", host)
+            os.makedirs(hdir, exist_ok=True)
+            with open(os.path.join(hdir, "hosts.toml"), "w") as f:
+                f.write(
+                    f"server = {_toml_value('http://' + host)}\n\n"
+                    f"[host.{_toml_value('http://' + host)}]\n"
+                    '  capabilities = ["pull", "resolve"]\n'
+                )
+        with open(self.config_path, "w") as f:
+            f.write(self.config_text())
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, timeout: float = _START_TIMEOUT) -> "Containerd":
+        """Start containerd and wait until its CRI ``Version`` answers."""
+        if self.process is not None:
+            return self
+        # Short path: unix socket paths must fit in 108 bytes.
+        self.base = tempfile.mkdtemp(prefix="ctrd-", dir="/tmp")
+        try:
+            self._write_files()
+            log = open(self.log_path, "ab")
+            try:
+                env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.base}
+                self.process = subprocess.Popen(
+                    [self.binary, "--config", self.config_path],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.base,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            finally:
+                log.close()
+            _LIVE.add(self)
+            deadline = time.monotonic() + timeout
+            last = ""
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise ContainerdError(f"containerd exited with {self.process.returncode}:\n{self.log()}")
+                if os.path.exists(self.socket):
+                    try:
+                        self.runtime().Version(pb.VersionRequest(), timeout=2)
+                        return self
+                    except grpc.RpcError as e:
+                        last = f"{e.code()}: {e.details()}"
+                time.sleep(0.05)
+            raise ContainerdError(f"containerd's CRI did not answer within {timeout:.0f}s ({last}):\n{self.log()}")
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def log(self, tail: int = 8000) -> str:
+        """The last ``tail`` characters containerd wrote."""
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")[-tail:]
+        except (OSError, ContainerdError):
+            return "(no containerd output)"
+
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to containerd's socket (reused)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"unix:{self.socket}")
+        return self._channel
+
+    def runtime(self) -> pb_grpc.RuntimeServiceStub:
+        """A CRI RuntimeService client."""
+        return pb_grpc.RuntimeServiceStub(self.channel())
+
+    def images(self) -> pb_grpc.ImageServiceStub:
+        """A CRI ImageService client."""
+        return pb_grpc.ImageServiceStub(self.channel())
+
+    def stop(self) -> Optional[int]:
+        """SIGTERM containerd by its PID, SIGKILL if it lingers; return its status."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        return proc.returncode
+
+    def cleanup(self) -> None:
+        """Stop containerd, unmount what is left under its directory, remove it."""
+        try:
+            self.stop()
+        finally:
+            _LIVE.discard(self)
+            if self.base is not None:
+                unmount_under(self.base)
+                shutil.rmtree(self.base, ignore_errors=True)
+                self.base = None
+            if not self._run_containerd_existed and os.path.isdir(RUN_CONTAINERD):
+                # Only empty directories: anything else belongs to someone else.
+                for dirpath, _dirs, _files in sorted(os.walk(RUN_CONTAINERD), key=lambda w: -w[0].count("/")):
+                    try:
+                        os.rmdir(dirpath)
+                    except OSError:
+                        pass
+
+    def __enter__(self) -> "Containerd":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<Containerd {self.base or '-'} pid={self.pid}>"
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for instance in list(_LIVE):
+        instance.cleanup()

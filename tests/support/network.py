@@ -1,0 +1,77 @@
+"""A CNI network for tests: its own bridge name, a private test subnet, IPAM
+state in a temporary dir, no masquerading and no default route — pod traffic
+never leaves the machine. Removed (bridge, IPAM files) afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+
+
+class TestNetwork:
+    """Writes a bridge + host-local + portmap conflist into *conf_dir*.
+
+    :ivar bridge: the bridge device name (unique per instance).
+    :ivar subnet: the /24 pods get addresses from.
+    """
+
+    __test__ = False  # not a test class
+
+    def __init__(self, conf_dir: str, name: str = "rktlet-test") -> None:
+        self.conf_dir = conf_dir
+        self.name = name
+        suffix = "%04x" % random.randrange(0x10000)
+        self.bridge = f"rkttest{suffix}"
+        self.subnet = f"10.235.{random.randrange(1, 255)}.0/24"
+        self.gateway = self.subnet.replace(".0/24", ".1")
+        self.ipam_dir = tempfile.mkdtemp(prefix="rktlet-ipam-", dir="/tmp")
+        self.path = os.path.join(conf_dir, "10-test.conflist")
+
+    def write(self, extra_plugins: list[dict] | None = None) -> str:
+        """Write the conflist; returns its path."""
+        os.makedirs(self.conf_dir, exist_ok=True)
+        doc = {
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]], "dataDir": self.ipam_dir},
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+                *(extra_plugins or []),
+            ],
+        }
+        with open(self.path, "w") as f:
+            json.dump(doc, f)
+        return self.path
+
+    def allocations(self) -> list[str]:
+        """IPs host-local has handed out and not released."""
+        directory = os.path.join(self.ipam_dir, self.name)
+        if not os.path.isdir(directory):
+            return []
+        return [n for n in os.listdir(directory) if n[0].isdigit() and n.count(".") == 3]
+
+    def cleanup(self) -> None:
+        """Delete the bridge and the IPAM state."""
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        shutil.rmtree(self.ipam_dir, ignore_errors=True)
+
+
+def nat_rules_mentioning(text: str) -> list[str]:
+    """iptables nat rules that contain *text* (e.g. a pod IP or a port)."""
+    out = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if text in line]
+
+
+def ping(ip: str) -> bool:
+    """One ICMP echo to *ip* (a pod on the test bridge) answered within 2 s."""
+    return subprocess.run(["busybox", "ping", "-c1", "-W2", ip], capture_output=True).returncode == 0

@@ -1,0 +1,56 @@
+"""Helpers to make CRI pod sandbox requests in tests."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+from rktlet.cri.proto import pb
+
+
+def pod_config(name: str = "web", namespace: str = "default", uid: str | None = None, attempt: int = 0,
+               pid: int = pb.CONTAINER, network: int = pb.POD, ipc: int = pb.POD, **fields) -> pb.PodSandboxConfig:
+    """A PodSandboxConfig like the kubelet sends (own PID namespace per
+    container unless *pid* says otherwise)."""
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, namespace=namespace, uid=uid or uuid.uuid4().hex, attempt=attempt),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=network, pid=pid, ipc=ipc)
+            )
+        ),
+        **fields,
+    )
+    return config
+
+
+def run_pod(daemon, config: pb.PodSandboxConfig, handler: str = "", timeout: float = 60) -> str:
+    """RunPodSandbox; returns the sandbox id."""
+    return daemon.runtime().RunPodSandbox(
+        pb.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=timeout
+    ).pod_sandbox_id
+
+
+def pod_status(daemon, sandbox_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
+    return daemon.runtime().PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=verbose), timeout=10
+    )
+
+
+def remove_all_pods(daemon) -> None:
+    """Stop and remove every sandbox (a finalizer's job; errors ignored)."""
+    try:
+        pods = daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items
+    except Exception:
+        return
+    for pod in pods:
+        try:
+            daemon.runtime().StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+            daemon.runtime().RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
+        except Exception:
+            pass
+
+
+def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    """Run a command inside a pinned network namespace."""
+    return subprocess.run(["nsenter", f"--net={netns}", *argv], capture_output=True, text=True, timeout=timeout)
