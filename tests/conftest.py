@@ -28,6 +28,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def host_network_state():
+    """Puts back what CNI plugins change host-wide (ip_forward, portmap's
+    shared chains) once the tests are done."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from tests.support.network import HostNetworkState
+
+    state = HostNetworkState()
+    try:
+        yield
+    finally:
+        state.restore()
+
+
 @pytest.fixture
 def daemon():
     """A started rktlet; stopped by PID and its dirs removed afterwards."""

@@ -30,6 +30,7 @@ from twisted.internet import reactor
 
 from rktlet.errors import RuntimeFailure
 from rktlet.network.cni import CNI, Attachment, PortMapping
+from tests.support.network import NAT_TOOLS, nat_rules, remove_chains, delete_rule
 
 pytestmark = pytest.mark.root
 
@@ -54,14 +55,7 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=20)
 
 
-def nat_rules(tool: str = "iptables") -> list[str]:
-    return run(tool, "-w", "-t", "nat", "-S").stdout.splitlines()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.daemon import free_port  # noqa: E402
 
 
 def free_subnet() -> str:
@@ -71,84 +65,6 @@ def free_subnet() -> str:
         if f"10.234.{third}." not in routes:
             return f"10.234.{third}"
     pytest.skip("no free 10.234.x.0/24 test subnet")
-
-
-# Host-wide state these tests change: the bridge plugin turns on
-# net.ipv4.ip_forward for a gateway, and portmap creates shared nat chains
-# (CNI-HOSTPORT-*) that its DEL leaves in place.  Several runs of these tests
-# may overlap (other sessions run the suite too), so the state found by the
-# first run in is restored by the last run out, tracked in a small file under
-# /run that is removed with the last user.
-HOST_STATE = "/run/rktlet-cni-test-state.json"
-SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
-NAT_TOOLS = ("iptables", "ip6tables")
-
-
-@contextlib.contextmanager
-def host_state():
-    """The shared state record, under an exclusive lock.  The lock is taken
-    on the plugin directory (every run opens the same one, and nothing is
-    created just for locking)."""
-    fd = os.open(BIN_DIR, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            with open(HOST_STATE) as f:
-                state = json.load(f)
-        except (FileNotFoundError, ValueError):
-            state = {"users": []}
-        state["users"] = [u for u in state["users"] if os.path.exists(f"/proc/{u[0]}")]  # drop dead runs
-        yield state
-        if state["users"]:
-            with open(HOST_STATE, "w") as f:
-                json.dump(state, f)
-        elif os.path.exists(HOST_STATE):
-            os.unlink(HOST_STATE)
-    finally:
-        os.close(fd)
-
-
-def chains(tool: str) -> set[str]:
-    return {line.split()[1] for line in nat_rules(tool) if line.startswith("-N ")}
-
-
-def delete_rule(tool: str, line: str) -> None:
-    """Delete the rule that ``iptables -S`` printed as *line*."""
-    run(tool, "-w", "-t", "nat", "-D", *shlex.split(line)[1:], check=False)
-
-
-def remove_chains(tool: str, names: set[str]) -> None:
-    """Remove the nat chains *names* and every rule jumping to them."""
-    for line in nat_rules(tool):
-        words = shlex.split(line)
-        if words[0] == "-A" and "-j" in words and words[words.index("-j") + 1] in names:
-            delete_rule(tool, line)
-    for chain in names:
-        run(tool, "-w", "-t", "nat", "-F", chain, check=False)
-    for chain in names:
-        run(tool, "-w", "-t", "nat", "-X", chain, check=False)
-
-
-def join_host_state(token: str) -> None:
-    with host_state() as state:
-        if not state["users"]:
-            state["ip_forward"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
-            state["had_chains"] = {t: sorted(chains(t) & set(SHARED_CHAINS)) for t in NAT_TOOLS}
-        state["users"].append([os.getpid(), token])
-
-
-def leave_host_state(token: str) -> None:
-    with host_state() as state:
-        state["users"] = [u for u in state["users"] if u[1] != token]
-        if state["users"] or "ip_forward" not in state:
-            return
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write(state["ip_forward"])
-        for tool in NAT_TOOLS:
-            present = chains(tool)
-            if any(c.startswith("CNI-DN-") for c in present):
-                continue  # some sandbox (not ours) still has port mappings
-            remove_chains(tool, (present & set(SHARED_CHAINS)) - set(state["had_chains"][tool]))
 
 
 class RealNet:
@@ -166,11 +82,9 @@ class RealNet:
         self.network = f"rktlet-test-{tag}"
         self.attachments: list[Attachment] = []
         self.servers: list[subprocess.Popen] = []
-        self.token = secrets.token_hex(8)
         self.cni = CNI(reactor, self.conf_dir, [BIN_DIR], self.cache_dir, timeout=20)
 
     def setup(self) -> None:
-        join_host_state(self.token)
         os.makedirs(self.conf_dir)
         run("ip", "netns", "add", self.netns_name)
 
@@ -241,7 +155,6 @@ class RealNet:
             self._remove_rules(tool)
         shutil.rmtree(self.cache_dir, ignore_errors=True)
         shutil.rmtree(self.ipam_dir, ignore_errors=True)
-        leave_host_state(self.token)
 
     def _remove_rules(self, tool: str) -> None:
         """Remove whatever is left of our sandboxes' nat rules and per-sandbox

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -72,9 +73,6 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
         yield make
     finally:
         for d in made:
-            if os.environ.get("HARD_KEEP_LOGS"):
-                with open(os.environ["HARD_KEEP_LOGS"], "a") as f:
-                    f.write(d.log())
             d.cleanup()
 
 
@@ -200,8 +198,6 @@ class RawLayer(Layer):
         self.created_by = created_by
         self.tar = tar
         self.blob = gzip.compress(tar, compresslevel=6, mtime=0)
-        import hashlib
-
         self.digest = "sha256:" + hashlib.sha256(self.blob).hexdigest()
         self.diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
 
@@ -268,7 +264,7 @@ def test_token_auth_through_proxy(make_daemon, make_proxy, registry, pushed_imag
     auth = base64.b64encode(b"alice:s3cret").decode()
     assert pull(daemon, ref, pb.AuthConfig(auth=auth)) == busybox.image_id
     assert proxy.requests(contains="/token 200"), proxy.log()
-    assert proxy.requests(contains=f"/blobs/{busybox.image.layers[0].digest} 200"), proxy.log()
+    assert len(proxy.requests(contains=f"/blobs/{busybox.image.layers[0].digest} 200")) == 2, proxy.log()
 
 
 def test_basic_auth(make_daemon, make_registry):
@@ -582,3 +578,4 @@ def test_registry_mirror(make_daemon, registry):
     assert record.repo_digests == [f"registry.k8s.io/pause@{image.manifest_digest}"]
     info = json.loads(status(daemon, "registry.k8s.io/pause:3.9", verbose=True).info["info"])
     assert info["source"].startswith(f"{registry.url}/v2/pause/"), info["source"]
+    assert f"mirror {dead} failed" in daemon.log()

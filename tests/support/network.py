@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -66,10 +67,61 @@ class TestNetwork:
         shutil.rmtree(self.ipam_dir, ignore_errors=True)
 
 
+NAT_TOOLS = ("iptables", "ip6tables")
+# The nat chains the portmap plugin shares between all sandboxes (it never
+# deletes them itself).
+SHARED_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+
+
+def nat_rules(tool: str = "iptables") -> list[str]:
+    """``iptables -t nat -S`` lines."""
+    return subprocess.run([tool, "-w", "-t", "nat", "-S"], capture_output=True, text=True, timeout=20).stdout.splitlines()
+
+
 def nat_rules_mentioning(text: str) -> list[str]:
     """iptables nat rules that contain *text* (e.g. a pod IP or a port)."""
-    out = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if text in line]
+    return [line for line in nat_rules() if text in line]
+
+
+def nat_chains(tool: str = "iptables") -> set[str]:
+    """The nat table's user chains."""
+    return {line.split()[1] for line in nat_rules(tool) if line.startswith("-N ")}
+
+
+def delete_rule(tool: str, line: str) -> None:
+    """Delete the rule that ``iptables -S`` printed as *line*."""
+    subprocess.run([tool, "-w", "-t", "nat", "-D", *shlex.split(line)[1:]], capture_output=True, timeout=20)
+
+
+def remove_chains(tool: str, names: set[str]) -> None:
+    """Remove the nat chains *names* and every rule jumping to them."""
+    for line in nat_rules(tool):
+        words = shlex.split(line)
+        if words[0] == "-A" and "-j" in words and words[words.index("-j") + 1] in names:
+            delete_rule(tool, line)
+    for flag in ("-F", "-X"):
+        for chain in names:
+            subprocess.run([tool, "-w", "-t", "nat", flag, chain], capture_output=True, timeout=20)
+
+
+class HostNetworkState:
+    """What the CNI plugins change on the host for every pod and never undo:
+    ``net.ipv4.ip_forward`` (bridge) and portmap's shared nat chains. Taken
+    before the tests and put back after them."""
+
+    def __init__(self) -> None:
+        with open("/proc/sys/net/ipv4/ip_forward") as f:
+            self.ip_forward = f.read().strip()
+        self.chains = {tool: nat_chains(tool) & set(SHARED_CHAINS) for tool in NAT_TOOLS}
+
+    def restore(self) -> None:
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write(self.ip_forward)
+        for tool in NAT_TOOLS:
+            present = nat_chains(tool)
+            if any(c.startswith("CNI-DN-") for c in present):
+                continue  # some sandbox still has port mappings: leave the shared chains
+            remove_chains(tool, (present & set(SHARED_CHAINS)) - self.chains[tool])
 
 
 def ping(ip: str) -> bool:
