@@ -51,14 +51,25 @@ class Engine:
         where a test needs no images.
     :param sandboxes: the sandbox manager (``rktlet.pod.sandboxes``), or
         ``None`` where a test needs no pods.
+    :param containers: the container manager (``rktlet.pod.containers``),
+        or ``None`` where a test needs no containers.
     """
 
-    def __init__(self, config: Config, reactor: Any, threadpool: Any, images: Any = None, sandboxes: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        threadpool: Any,
+        images: Any = None,
+        sandboxes: Any = None,
+        containers: Any = None,
+    ) -> None:
         self.config = config
         self._reactor = reactor
         self._threadpool = threadpool
         self.images = images
         self.sandboxes = sandboxes
+        self.containers = containers
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
         self.pod_cidrs: tuple[str, ...] = ()
 
@@ -69,16 +80,18 @@ class Engine:
         os.makedirs(self.config.run_dir, mode=0o711, exist_ok=True)
         state = read_json(self._state_path, {}) or {}
         self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
-        if self.images is not None:
-            leftovers = self.images.load()
-            if any(leftovers):
-                self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
         if self.sandboxes is not None:
             half_made = self.sandboxes.load()
             if half_made:
                 self._reactor.callWhenRunning(
                     lambda: Deferred.fromCoroutine(self.sandboxes.clean_up_half_made(half_made))
                 )
+        if self.containers is not None:
+            self.containers.load()
+        if self.images is not None:
+            leftovers = self.images.load()
+            if any(leftovers):
+                self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
 
     def close(self) -> Deferred | None:
         """Release what the engine holds open (pooled registry connections)."""

@@ -1,44 +1,49 @@
-"""Durable records under ``<root>/pods``: one JSON file per sandbox, written
-atomically before the RPC that changed it returns."""
+"""Durable records under ``<root>``: one JSON file per sandbox or container,
+written atomically before the RPC that changed it returns."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from rktlet import logs
 from rktlet.fsutil import write_json_atomic
+from rktlet.pod.container import Container
 from rktlet.pod.sandbox import Sandbox
 
 log = logs.logger("rktlet.pod.store")
 
+T = TypeVar("T")
 
-class PodStore:
-    """Sandbox records on disk.
 
-    :param root: the daemon's ``--root``.
+class RecordStore(Generic[T]):
+    """Records of one kind in one directory, keyed by id.
+
+    :param directory: where the ``<id>.json`` files live.
+    :param from_json: builds a record from its JSON document.
     """
 
-    def __init__(self, root: str) -> None:
-        self.dir = os.path.join(root, "pods")
+    def __init__(self, directory: str, from_json: Callable[[dict[str, Any]], T]) -> None:
+        self.dir = directory
+        self._from_json = from_json
 
-    def _path(self, sandbox_id: str) -> str:
-        return os.path.join(self.dir, f"{sandbox_id}.json")
+    def _path(self, record_id: str) -> str:
+        return os.path.join(self.dir, f"{record_id}.json")
 
-    def save(self, sandbox: Sandbox) -> None:
-        """Persist *sandbox* (atomically)."""
-        write_json_atomic(self._path(sandbox.id), sandbox.to_json(), mode=0o600)
+    def save(self, record: Any) -> None:
+        """Persist *record* (atomically)."""
+        write_json_atomic(self._path(record.id), record.to_json(), mode=0o600)
 
-    def delete(self, sandbox_id: str) -> None:
-        """Forget a sandbox (idempotent)."""
+    def delete(self, record_id: str) -> None:
+        """Forget a record (idempotent)."""
         try:
-            os.unlink(self._path(sandbox_id))
+            os.unlink(self._path(record_id))
         except FileNotFoundError:
             pass
 
-    def load(self) -> Iterator[Sandbox]:
-        """Every stored sandbox (blocking: at start-up). Unreadable records
+    def load(self) -> Iterator[T]:
+        """Every stored record (blocking: at start-up). Unreadable records
         are logged and moved aside, never silently dropped."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         for name in sorted(os.listdir(self.dir)):
@@ -47,7 +52,17 @@ class PodStore:
                 continue
             try:
                 with open(path, "rb") as f:
-                    yield Sandbox.from_json(json.load(f))
+                    yield self._from_json(json.load(f))
             except (OSError, ValueError, TypeError) as e:
-                log.error("unreadable sandbox record {path}: {error}; moved to {path}.bad", path=path, error=e)
+                log.error("unreadable record {path}: {error}; moved to {path}.bad", path=path, error=e)
                 os.rename(path, path + ".bad")
+
+
+def PodStore(root: str) -> RecordStore[Sandbox]:
+    """Sandbox records under ``<root>/pods``."""
+    return RecordStore(os.path.join(root, "pods"), Sandbox.from_json)
+
+
+def ContainerStore(root: str) -> RecordStore[Container]:
+    """Container records under ``<root>/containers``."""
+    return RecordStore(os.path.join(root, "containers"), Container.from_json)

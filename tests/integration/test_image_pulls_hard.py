@@ -566,16 +566,20 @@ def test_concurrent_pulls_fetch_layers_once(make_daemon, make_proxy, registry):
 def test_registry_mirror(make_daemon, registry):
     image = busybox_image()
     push_image(registry, "pause", "3.9", image)
-    # Guard: the mirror must serve it, so that the daemon never needs the real registry.
     registry.get_manifest("pause", "3.9")
+    # The image is named after a registry host that is a loopback address
+    # where nothing listens (as registry.k8s.io would be for an offline node):
+    # were the mirrors ever skipped, the fallback could not leave the machine.
+    upstream = f"127.0.0.9:{free_port()}"
+    name = f"{upstream}/pause:3.9"
     # A dead mirror first (nothing listens there): the next one is tried.
     dead = f"http://127.0.0.1:{free_port()}"
-    daemon = make_daemon(["--registry-mirror", f"registry.k8s.io={dead}",
-                          "--registry-mirror", f"registry.k8s.io={registry.url}"])
-    assert pull(daemon, "registry.k8s.io/pause:3.9") == image.image_id
+    daemon = make_daemon(["--registry-mirror", f"{upstream}={dead}",
+                          "--registry-mirror", f"{upstream}={registry.url}"])
+    assert pull(daemon, name) == image.image_id
     [record] = listed(daemon)
-    assert record.repo_tags == ["registry.k8s.io/pause:3.9"]
-    assert record.repo_digests == [f"registry.k8s.io/pause@{image.manifest_digest}"]
-    info = json.loads(status(daemon, "registry.k8s.io/pause:3.9", verbose=True).info["info"])
+    assert record.repo_tags == [name]
+    assert record.repo_digests == [f"{upstream}/pause@{image.manifest_digest}"]
+    info = json.loads(status(daemon, name, verbose=True).info["info"])
     assert info["source"].startswith(f"{registry.url}/v2/pause/"), info["source"]
     assert f"mirror {dead} failed" in daemon.log()

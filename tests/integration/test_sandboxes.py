@@ -255,3 +255,66 @@ def test_pods_survive_kill_9_and_restart():
         remove_all_pods(d)
         d.cleanup()
         network.cleanup()
+
+
+SLOW_PLUGIN = """#!/usr/bin/env python3
+import json, os, sys, time
+conf = json.load(sys.stdin)
+command = os.environ.get("CNI_COMMAND")
+if command == "VERSION":
+    print(json.dumps({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}))
+elif command == "ADD":
+    with open(os.path.join(os.path.dirname(sys.argv[0]), "slow.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(8)
+    print(json.dumps(conf["prevResult"]))
+"""
+
+
+def test_pod_half_made_by_a_crash_is_undone_at_start():
+    d = Daemon()
+    bin_dir = os.path.join(d.base, "cni-bin")
+    os.makedirs(bin_dir)
+    for plugin in ("bridge", "host-local", "portmap"):
+        os.symlink(f"/usr/lib/cni/{plugin}", os.path.join(bin_dir, plugin))
+    with open(os.path.join(bin_dir, "slow"), "w") as f:
+        f.write(SLOW_PLUGIN)
+    os.chmod(os.path.join(bin_dir, "slow"), 0o755)
+    d.extra_args = ["--cni-bin-dir", bin_dir]
+    network = TestNetwork(d.cni_conf_dir)
+    network.write(extra_plugins=[{"type": "slow"}])
+    try:
+        d.start()
+        import threading
+
+        threading.Thread(target=lambda: _ignore_errors(run_pod, d, pod_config(), timeout=60), daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not network.allocations():  # bridge has run: the pod is half made
+            assert time.monotonic() < deadline, d.log()
+            time.sleep(0.05)
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert pinned_mounts(d.base), "the crash should have left the pod's namespaces behind"
+        d.start()
+        deadline = time.monotonic() + 20
+        while pinned_mounts(d.base) or network.allocations():
+            assert time.monotonic() < deadline, (pinned_mounts(d.base), network.allocations(), d.log())
+            time.sleep(0.1)
+        assert d.runtime().ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items == []
+        assert os.listdir(os.path.join(d.root, "pods")) == []
+        assert "left half-made by a crash" in d.log()
+    finally:
+        try:  # the plugin the crash orphaned: ours to end
+            with open(os.path.join(bin_dir, "slow.pid")) as f:
+                os.kill(int(f.read()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        remove_all_pods(d)
+        d.cleanup()
+        network.cleanup()
+
+
+def _ignore_errors(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        pass
