@@ -30,9 +30,12 @@ from rktlet.image.store import ImageStore
 from rktlet.network.cni import CNI
 from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
+from rktlet.oci.conmon import Conmon
+from rktlet.oci.runtime import OCIRuntime
+from rktlet.pod.containers import ContainerManager
 from rktlet.pod.engine import Engine
 from rktlet.pod.sandboxes import SandboxManager
-from rktlet.pod.store import PodStore
+from rktlet.pod.store import ContainerStore, PodStore
 
 log = logs.logger("rktlet.tap")
 
@@ -112,12 +115,15 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
     claim = claim_socket(config.socket)
     try:
         threadpool = reactor.getThreadPool()
+        layout = cgroups.detect()
+        in_use: list = []  # filled below: the container manager exists after the image manager
         images = ImageManager(
             reactor,
             ImageStore(config.root),
             RegistryClient(reactor, config.is_insecure_registry, config.mirrors),
             threadpool,
             pull_progress_timeout=config.pull_progress_timeout,
+            layers_in_use=lambda: in_use[0]() if in_use else (),
         )
         sandboxes = SandboxManager(
             reactor,
@@ -126,9 +132,23 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             PodStore(config.root),
             CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
             Handlers(config.handlers),
-            cgroups.detect(),
+            layout,
         )
-        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes)
+        runtimes = {
+            name: OCIRuntime(reactor, binary, os.path.join(config.run_dir, "runtime", name))
+            for name, binary in config.handlers.items()
+        }
+        conmons = {
+            name: Conmon(reactor, runtime, exits_dir=os.path.join(config.run_dir, "exits"),
+                         socket_dir=os.path.join(config.run_dir, "s"))
+            for name, runtime in runtimes.items()
+        }
+        containers = ContainerManager(
+            reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
+            runtimes, conmons, layout,
+        )
+        in_use.append(containers.layers_in_use)
+        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers)
         engine.load()
     except BaseException:
         claim.release()

@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from rktlet.cri import sandbox_convert
+from rktlet.cri import container_convert, sandbox_convert
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer
 
@@ -91,3 +91,59 @@ class RuntimeService(Servicer):
         state = sandbox_convert.STATE_NAMES[f.state.state] if f.HasField("state") else None
         sandboxes = self._on_reactor(context, self._engine.sandboxes.list, f.id, state, dict(f.label_selector))
         return pb.ListPodSandboxResponse(items=[sandbox_convert.sandbox_summary(s) for s in sandboxes])
+
+    # -- containers ------------------------------------------------------------
+
+    def CreateContainer(self, request: pb.CreateContainerRequest, context: grpc.ServicerContext) -> pb.CreateContainerResponse:
+        config, log_path = container_convert.container_config(request)
+        c = request.config
+        container = self._on_reactor(
+            context, self._engine.containers.create, request.pod_sandbox_id, config, c.image.image,
+            c.metadata.attempt, container_convert.fingerprint(request), dict(c.labels), dict(c.annotations), log_path,
+            container_convert.stop_signal(c),
+        )
+        return pb.CreateContainerResponse(container_id=container.id)
+
+    def StartContainer(self, request: pb.StartContainerRequest, context: grpc.ServicerContext) -> pb.StartContainerResponse:
+        self._on_reactor(context, self._engine.containers.start, request.container_id)
+        return pb.StartContainerResponse()
+
+    def StopContainer(self, request: pb.StopContainerRequest, context: grpc.ServicerContext) -> pb.StopContainerResponse:
+        self._on_reactor(context, self._engine.containers.stop, request.container_id, max(request.timeout, 0))
+        return pb.StopContainerResponse()
+
+    def RemoveContainer(self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext) -> pb.RemoveContainerResponse:
+        self._on_reactor(context, self._engine.containers.remove, request.container_id)
+        return pb.RemoveContainerResponse()
+
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
+        f = request.filter
+        state = container_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
+        containers = self._on_reactor(
+            context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, dict(f.label_selector)
+        )
+        return pb.ListContainersResponse(containers=[container_convert.container_summary(c) for c in containers])
+
+    def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
+        def lookup():
+            container = self._engine.containers.get(request.container_id)
+            return container, self._engine.containers.verbose_info(container) if request.verbose else None
+
+        container, info = self._on_reactor(context, lookup)
+        response = pb.ContainerStatusResponse(status=container_convert.container_status(container))
+        if info is not None:
+            response.info["info"] = json.dumps(info)
+        return response
+
+    def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateContainerResourcesResponse:
+        resources = container_convert.resources(request.linux)
+        self._on_reactor(context, self._engine.containers.update_resources, request.container_id, resources)
+        return pb.UpdateContainerResourcesResponse()
+
+    def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: grpc.ServicerContext
+    ) -> pb.ReopenContainerLogResponse:
+        self._on_reactor(context, self._engine.containers.reopen_log, request.container_id)
+        return pb.ReopenContainerLogResponse()

@@ -262,7 +262,13 @@ def ensure(layout: Layout, path: str) -> list[str]:
     cpuset_root = layout.v1.get("cpuset") if layout.mode != "v2" else None
     created: list[str] = []
     try:
-        for root in _hierarchies(layout):
+        roots = _hierarchies(layout)
+        if layout.mode == "hybrid" and layout.unified:
+            # runc also makes each container's cgroup in the unified tree of
+            # a hybrid host; owning the pod's levels there too means removing
+            # the pod removes what runc left under them.
+            roots.append(layout.unified)
+        for root in roots:
             current = root
             for part in _components(path):
                 parent, current = current, os.path.join(current, part)

@@ -371,7 +371,9 @@ class SandboxManager:
         and does not keep the rest from being released."""
         if sb.infra_pid:
             await infra.stop(self._reactor, infra.InfraProcess(sb.infra_pid, sb.infra_start_time))
-        if sb.network_attached or (remove and sb.netns):
+        # A pod that never became ready (undone after a failure or a crash)
+        # may be attached without knowing it: DEL is idempotent, so run it.
+        if sb.network_attached or (sb.state == CREATING and sb.netns):
             try:
                 await self._cni.delete(self._attachment(sb))
             except RktletError as e:

@@ -78,7 +78,7 @@ def test_v1_ensure_add_remove(cleanup):
     layout = detect()
     path = _test_path()
     top = path.rsplit("/", 1)[0]
-    hierarchies = list(dict.fromkeys(layout.v1.values()))
+    hierarchies = list(dict.fromkeys(layout.v1.values())) + ([layout.unified] if layout.mode == "hybrid" else [])
 
     created = ensure(layout, path)
     cleanup.dirs += created
@@ -88,7 +88,6 @@ def test_v1_ensure_add_remove(cleanup):
         assert os.path.isdir(root + path)
         # Parents come before children: removing in reverse is always safe.
         assert created.index(root + top) < created.index(root + path)
-    assert not os.path.exists(layout.unified + top)  # hybrid: unified untouched
 
     cpuset = layout.v1["cpuset"]
     for level in (top, path):

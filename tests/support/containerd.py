@@ -11,21 +11,36 @@ directory of its own, and a ``hosts.toml`` per plain-HTTP registry given in
 ``insecure_registries`` (``config_path`` registry configuration).
 
 containerd puts some things under ``/run/containerd`` whatever its
-configuration says (shim sockets, runc state); only image operations are meant
-to be run against this instance, which leave nothing there, and
-:meth:`Containerd.cleanup` removes ``/run/containerd`` again when it did not
-exist before the start and is left empty.
+configuration says (shim sockets, runc state). Image operations leave nothing
+there; pod sandboxes do, while they exist: one ``containerd-shim-runc-v2``
+per sandbox (started by containerd but reparented away from it, so found by
+the ``-address`` of *this* instance's socket on its command line, see
+:meth:`Containerd.shim_pids`), its socket under ``/run/containerd/s`` and the
+runc state under ``/run/containerd/runc``. Sandboxes also pin their network
+namespace under ``/run/netns`` (``cni-…``).
 
-The process is stopped by its PID (SIGTERM, then SIGKILL), anything still
-mounted under its directory is unmounted, and the directory is removed, by
-:meth:`Containerd.cleanup`, by the context manager, and as a last resort at
+:meth:`Containerd.cleanup` therefore first stops and removes every pod
+sandbox and container through the CRI (:meth:`Containerd.remove_all_pods`),
+then stops containerd by its PID (SIGTERM, then SIGKILL), kills by PID any
+shim of this instance still alive together with its descendants (the pause
+processes), removes their sockets and runc state, unpins network namespaces
+of sandboxes that could not be removed, unmounts anything still mounted under
+its directory and removes the directory; finally it removes
+``/run/containerd`` again when it did not exist before the start and is left
+empty. The same happens with the context manager, and as a last resort at
 interpreter exit.
+
+A CNI network for the sandboxes is written into :attr:`Containerd.cni_conf_dir`
+between :meth:`Containerd.prepare` (makes the directory and the configuration)
+and :meth:`Containerd.start`: containerd's CRI plugin wants a network
+configuration at start.
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -51,6 +66,8 @@ __all__ = [
 INSTALL_HINT = "containerd is not installed; install it with: apt-get install -y containerd"
 
 RUN_CONTAINERD = "/run/containerd"
+#: The CRI plugin's containerd namespace.
+CRI_NAMESPACE = "k8s.io"
 
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 10.0
@@ -155,6 +172,73 @@ def unmount_under(prefix: str) -> list[str]:
     return done
 
 
+def _cmdline(pid: int) -> list[str]:
+    """argv of process ``pid`` ([] if it is gone or a kernel thread)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+
+
+def _parent_pids() -> dict[int, int]:
+    """``{pid: ppid}`` of every process, from /proc/PID/stat."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name (field 2) is in parentheses and may contain anything.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        try:
+            parents[int(name)] = int(fields[1])
+        except (IndexError, ValueError):
+            continue
+    return parents
+
+
+def descendants(pids: Iterable[int], parents: Optional[Mapping[int, int]] = None) -> set[int]:
+    """Every live descendant of ``pids`` (not ``pids`` themselves)."""
+    parents = _parent_pids() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] != "Z"
+
+
+def _arg(argv: list[str], flag: str) -> Optional[str]:
+    """The value after ``flag`` (``-flag value`` or ``-flag=value``) in ``argv``."""
+    for i, word in enumerate(argv):
+        if word in (flag, "-" + flag) and i + 1 < len(argv):
+            return argv[i + 1]
+        for prefix in (flag + "=", "-" + flag + "="):
+            if word.startswith(prefix):
+                return word[len(prefix) :]
+    return None
+
+
 class Containerd:
     """One containerd process in its own temporary directory, serving CRI v1.
 
@@ -183,6 +267,9 @@ class Containerd:
         self.process: Optional[subprocess.Popen] = None
         self._channel: Optional[grpc.Channel] = None
         self._run_containerd_existed = os.path.exists(RUN_CONTAINERD)
+        #: Network namespace files of sandboxes that could not be removed.
+        self._leftover_netns: set[str] = set()
+        self._netns_inodes: set[tuple[int, int]] = set()
 
     # -- paths --------------------------------------------------------------------
 
@@ -205,6 +292,12 @@ class Containerd:
     def socket(self) -> str:
         """The gRPC socket (containerd API and CRI v1)."""
         return self._path("containerd.sock")
+
+    @property
+    def cni_conf_dir(self) -> str:
+        """containerd's CNI configuration directory (empty unless written to;
+        the plugins are Debian's, in /usr/lib/cni)."""
+        return self._path("net.d")
 
     @property
     def config_path(self) -> str:
@@ -278,14 +371,27 @@ class Containerd:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    def prepare(self) -> "Containerd":
+        """Make the temporary directory and write the configuration, without
+        starting containerd (:meth:`start` does this itself when needed).
+        Write a CNI network into :attr:`cni_conf_dir` in between."""
+        if self.base is None:
+            # Short path: unix socket paths must fit in 108 bytes.
+            self.base = tempfile.mkdtemp(prefix="ctrd-", dir="/tmp")
+            _LIVE.add(self)
+            try:
+                self._write_files()
+            except BaseException:
+                self.cleanup()
+                raise
+        return self
+
     def start(self, timeout: float = _START_TIMEOUT) -> "Containerd":
         """Start containerd and wait until its CRI ``Version`` answers."""
         if self.process is not None:
             return self
-        # Short path: unix socket paths must fit in 108 bytes.
-        self.base = tempfile.mkdtemp(prefix="ctrd-", dir="/tmp")
+        self.prepare()
         try:
-            self._write_files()
             log = open(self.log_path, "ab")
             try:
                 env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.base}
@@ -341,6 +447,135 @@ class Containerd:
         """A CRI ImageService client."""
         return pb_grpc.ImageServiceStub(self.channel())
 
+    # -- pod sandboxes and their shims ---------------------------------------------------
+
+    def shim_pids(self) -> list[int]:
+        """PIDs of the live ``containerd-shim-runc-v2`` processes of *this*
+        instance: those whose ``-address`` is its socket (a shim is started
+        by containerd but leaves it, so it is not found among its children)."""
+        if self.base is None:
+            return []
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != os.getpid():
+                argv = _cmdline(int(name))
+                if _arg(argv, "-address") == self.socket and _alive(int(name)):
+                    found.append(int(name))
+        return sorted(found)
+
+    def remove_all_pods(self, timeout: float = 30.0) -> list[str]:
+        """Stop and remove every container and pod sandbox through the CRI.
+
+        Returns the errors (as text); the network namespaces of sandboxes
+        that could not be removed are remembered for :meth:`cleanup`.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return []
+        errors: list[str] = []
+        runtime = self.runtime()
+        try:
+            containers = runtime.ListContainers(pb.ListContainersRequest(), timeout=timeout).containers
+            pods = runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout).items
+        except grpc.RpcError as e:
+            return [f"list: {e.code().name}: {e.details()}"]
+        for c in containers:
+            try:
+                runtime.StopContainer(pb.StopContainerRequest(container_id=c.id, timeout=0), timeout=timeout)
+                runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id), timeout=timeout)
+            except grpc.RpcError as e:
+                errors.append(f"container {c.id[:13]}: {e.code().name}: {e.details()}")
+        for pod in pods:
+            try:
+                runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+                runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+            except grpc.RpcError as e:
+                errors.append(f"pod sandbox {pod.id[:13]}: {e.code().name}: {e.details()}")
+                self._remember_netns(pod.id)
+        return errors
+
+    def _remember_netns(self, sandbox_id: str) -> None:
+        """Note the network namespace file of a sandbox (from its verbose status)."""
+        try:
+            status = self.runtime().PodSandboxStatus(
+                pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True), timeout=10
+            )
+            info = json.loads(status.info.get("info", "{}"))
+        except (grpc.RpcError, ValueError):
+            return
+        spec = info.get("runtimeSpec") or {}
+        for ns in (spec.get("linux") or {}).get("namespaces") or []:
+            if ns.get("type") == "network" and ns.get("path"):
+                self._leftover_netns.add(ns["path"])
+
+    def kill_shims(self, timeout: float = 10.0) -> list[int]:
+        """SIGKILL, by PID, every shim of this instance still alive and its
+        descendants (the sandbox and container processes, which a dying shim
+        leaves behind); then remove their sockets and runc state under
+        ``/run/containerd``. Returns the PIDs killed."""
+        shims = self.shim_pids()
+        if not shims:
+            return []
+        targets = {pid: _cmdline(pid) for pid in shims}
+        victims = descendants(shims) | set(shims)
+        # The sandboxes' network namespaces, pinned under /run/netns: found
+        # by the inode of their processes' namespace (containerd, which knows
+        # their names, may be gone).
+        for pid in victims:
+            try:
+                st = os.stat(f"/proc/{pid}/ns/net")
+            except OSError:
+                continue
+            if st.st_ino != os.stat("/proc/self/ns/net").st_ino:
+                self._netns_inodes.add((st.st_dev, st.st_ino))
+        # Descendants first: once its shim is gone a process is harder to tell apart.
+        for pid in sorted(victims - set(shims)) + shims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in victims):
+            time.sleep(0.05)
+        for argv in targets.values():
+            sandbox_id = _arg(argv, "-id")
+            namespace = _arg(argv, "-namespace") or CRI_NAMESPACE
+            if not sandbox_id:
+                continue
+            digest = hashlib.sha256(os.path.join(self.socket, namespace, sandbox_id).encode()).hexdigest()
+            for path in (os.path.join(RUN_CONTAINERD, "s", digest),):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            state = os.path.join(RUN_CONTAINERD, "runc", namespace, sandbox_id)
+            if os.path.isdir(state):
+                shutil.rmtree(state, ignore_errors=True)
+        return sorted(victims)
+
+    def _unpin_leftover_netns(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if self._netns_inodes and os.path.isdir("/run/netns"):
+            for name in os.listdir("/run/netns"):
+                path = os.path.join("/run/netns", name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in self._netns_inodes:
+                    self._leftover_netns.add(path)
+        self._netns_inodes.clear()
+        for path in sorted(self._leftover_netns):
+            real = os.path.realpath(path)
+            if os.path.dirname(real) != "/run/netns" or not os.path.basename(real).startswith("cni-"):
+                continue  # only what containerd's CRI plugin pins
+            if libc.umount2(real.encode(), 0) != 0:
+                libc.umount2(real.encode(), _MNT_DETACH)
+            try:
+                os.unlink(real)
+            except OSError:
+                pass
+        self._leftover_netns.clear()
+
     def stop(self) -> Optional[int]:
         """SIGTERM containerd by its PID, SIGKILL if it lingers; return its status."""
         if self._channel is not None:
@@ -365,12 +600,19 @@ class Containerd:
         return proc.returncode
 
     def cleanup(self) -> None:
-        """Stop containerd, unmount what is left under its directory, remove it."""
+        """Remove the pods, stop containerd, kill leftover shims, unmount what
+        is left under its directory, remove it."""
         try:
+            try:
+                self.remove_all_pods()
+            except Exception:
+                pass  # containerd is stopped and its shims killed below anyway
             self.stop()
         finally:
             _LIVE.discard(self)
             if self.base is not None:
+                self.kill_shims()
+                self._unpin_leftover_netns()
                 unmount_under(self.base)
                 shutil.rmtree(self.base, ignore_errors=True)
                 self.base = None

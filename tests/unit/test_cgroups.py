@@ -199,11 +199,10 @@ def test_ensure_creates_in_each_v1_hierarchy(tree):
     layout, roots = tree
     created = ensure(layout, "/kubepods/pod1")
     expected = []
-    for name in ("memory", "cpu,cpuacct", "cpuset"):
+    for name in ("memory", "cpu,cpuacct", "cpuset", "unified"):
         expected += [str(roots[name] / "kubepods"), str(roots[name] / "kubepods" / "pod1")]
     assert created == expected
-    # Hybrid: the unified tree is not touched.
-    assert list(roots["unified"].iterdir()) == []
+    # Hybrid: the unified tree gets the levels too (runc puts containers there).
     # cpuset values inherited at every new level.
     for level in ("kubepods", "kubepods/pod1"):
         assert (roots["cpuset"] / level / "cpuset.cpus").read_text() == "0-3"
@@ -211,7 +210,7 @@ def test_ensure_creates_in_each_v1_hierarchy(tree):
     # Existing levels are not reported again.
     assert ensure(layout, "/kubepods/pod1") == []
     assert ensure(layout, "/kubepods/pod2") == [
-        str(roots[name] / "kubepods" / "pod2") for name in ("memory", "cpu,cpuacct", "cpuset")
+        str(roots[name] / "kubepods" / "pod2") for name in ("memory", "cpu,cpuacct", "cpuset", "unified")
     ]
 
 

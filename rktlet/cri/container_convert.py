@@ -1,0 +1,160 @@
+"""Container messages ⇄ the engine's terms: validation and conversion of
+CreateContainer requests, records into CRI container status messages."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from rktlet.cri.proto import pb
+from rktlet.errors import InvalidArgument
+from rktlet.oci.container_config import ContainerConfig, Device, Mount, Profile, Resources, Security
+from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
+
+STATES = {CREATED: pb.CONTAINER_CREATED, RUNNING: pb.CONTAINER_RUNNING, EXITED: pb.CONTAINER_EXITED}
+STATE_NAMES = {v: k for k, v in STATES.items()}
+_PROPAGATION = {pb.PROPAGATION_PRIVATE: "private", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+                pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
+_PROPAGATION_ENUMS = {v: k for k, v in _PROPAGATION.items()}
+_PROFILE_KINDS = {pb.SecurityProfile.RuntimeDefault: "runtime_default", pb.SecurityProfile.Unconfined: "unconfined",
+                  pb.SecurityProfile.Localhost: "localhost"}
+
+
+def _profile(message: pb.SecurityProfile, present: bool, field: str) -> Profile | None:
+    if not present:
+        return None
+    kind = _PROFILE_KINDS[message.profile_type]
+    if kind == "localhost" and not message.localhost_ref:
+        raise InvalidArgument(f"{field}.localhost_ref is required for a Localhost profile")
+    return Profile(kind, message.localhost_ref)
+
+
+def resources(r: pb.LinuxContainerResources) -> Resources:
+    """CRI resources as the spec builder takes them."""
+    return Resources(
+        cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
+        memory_limit=r.memory_limit_in_bytes, memory_swap_limit=r.memory_swap_limit_in_bytes,
+        oom_score_adj=r.oom_score_adj, cpuset_cpus=r.cpuset_cpus, cpuset_mems=r.cpuset_mems,
+        hugepage_limits=tuple((h.page_size, h.limit) for h in r.hugepage_limits),
+        unified=tuple(sorted(r.unified.items())),
+    )
+
+
+def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfig, str]:
+    """Validate a CreateContainer request; returns the config and the log
+    path (pod log directory + the config's relative log path)."""
+    if not request.pod_sandbox_id:
+        raise InvalidArgument("pod_sandbox_id is required")
+    if not request.HasField("config"):
+        raise InvalidArgument("config is required")
+    c = request.config
+    if not c.metadata.name:
+        raise InvalidArgument("config.metadata.name is required")
+    if not c.image.image:
+        raise InvalidArgument("config.image.image is required")
+    log_path = ""
+    if c.log_path:
+        if os.path.isabs(c.log_path) or ".." in c.log_path.split("/"):
+            raise InvalidArgument(f"config.log_path {c.log_path!r} must be relative to the pod's log directory, without '..'")
+        directory = request.sandbox_config.log_directory
+        if not directory or not os.path.isabs(directory):
+            raise InvalidArgument("sandbox_config.log_directory must be an absolute path when config.log_path is set")
+        log_path = os.path.join(directory, c.log_path)
+    mounts = []
+    for i, m in enumerate(c.mounts):
+        if not m.container_path or not os.path.isabs(m.container_path):
+            raise InvalidArgument(f"config.mounts[{i}].container_path {m.container_path!r} must be an absolute path")
+        if m.HasField("image") and m.image.image:
+            raise InvalidArgument(f"config.mounts[{i}].image: image volumes are not supported yet")
+        mounts.append(Mount(m.container_path, m.host_path, m.readonly, _PROPAGATION.get(m.propagation, "private")))
+    devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
+    sc = c.linux.security_context
+    security = Security(
+        privileged=sc.privileged,
+        capabilities_add=tuple(sc.capabilities.add_capabilities),
+        capabilities_drop=tuple(sc.capabilities.drop_capabilities),
+        no_new_privs=sc.no_new_privs,
+        readonly_rootfs=sc.readonly_rootfs,
+        # The kubelet sends the defaults or [] (procMount: Unmasked); an
+        # unset list here means "the runtime's defaults".
+        masked_paths=tuple(sc.masked_paths) if sc.masked_paths else None,
+        readonly_paths=tuple(sc.readonly_paths) if sc.readonly_paths else None,
+        seccomp=_profile(sc.seccomp, sc.HasField("seccomp"), "config.linux.security_context.seccomp"),
+        apparmor=_profile(sc.apparmor, sc.HasField("apparmor"), "config.linux.security_context.apparmor"),
+        run_as_user=sc.run_as_user.value if sc.HasField("run_as_user") else None,
+        run_as_username=sc.run_as_username,
+        run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
+        supplemental_groups=tuple(sc.supplemental_groups),
+    )
+    config = ContainerConfig(
+        name=c.metadata.name,
+        command=tuple(c.command),
+        args=tuple(c.args),
+        working_dir=c.working_dir,
+        envs=tuple((kv.key, kv.value.decode("utf-8", "replace") if isinstance(kv.value, bytes) else kv.value) for kv in c.envs),
+        mounts=tuple(mounts),
+        devices=devices,
+        tty=c.tty,
+        stdin=c.stdin,
+        stdin_once=c.stdin_once,
+        resources=resources(c.linux.resources),
+        security=security,
+        annotations=tuple(sorted(c.annotations.items())),
+    )
+    return config, log_path
+
+
+def stop_signal(c: pb.ContainerConfig) -> str:
+    """The config's stop signal name ('' for the image's / the default)."""
+    if c.stop_signal == pb.SIGNAL_RUNTIME_DEFAULT:
+        return ""
+    return pb.Signal.Name(c.stop_signal).removeprefix("SIGNAL_")
+
+
+def fingerprint(request: pb.CreateContainerRequest) -> str:
+    """Identifies the exact config, to tell a retry from a conflict."""
+    return hashlib.sha256(request.config.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _metadata(c: Container) -> pb.ContainerMetadata:
+    return pb.ContainerMetadata(name=c.name, attempt=c.attempt)
+
+
+def _image_ref(c: Container) -> str:
+    return c.image_name if "@" in c.image_name else c.image_ref
+
+
+def container_summary(c: Container) -> pb.Container:
+    """A record as ListContainers reports it."""
+    return pb.Container(
+        id=c.id, pod_sandbox_id=c.sandbox_id, metadata=_metadata(c), image=pb.ImageSpec(image=c.image),
+        image_ref=_image_ref(c), image_id=c.image_ref, state=STATES[c.state], created_at=c.created_at,
+        labels=c.labels, annotations=c.annotations,
+    )
+
+
+def container_status(c: Container) -> pb.ContainerStatus:
+    """A record as ContainerStatus reports it (labels and annotations
+    exactly as given: the kubelet reads its own keys back)."""
+    status = pb.ContainerStatus(
+        id=c.id, metadata=_metadata(c), state=STATES[c.state], created_at=c.created_at,
+        started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
+        image=pb.ImageSpec(image=c.image), image_ref=_image_ref(c), image_id=c.image_ref,
+        reason=c.reason, message=c.message, labels=c.labels, annotations=c.annotations, log_path=c.log_path,
+        mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
+                         propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE)) for m in c.mounts],
+    )
+    r = c.resources
+    linux = status.resources.linux
+    cpu, memory = r.get("cpu", {}), r.get("memory", {})
+    linux.cpu_shares = cpu.get("shares", 0) or 0
+    linux.cpu_quota = cpu.get("quota", 0) or 0
+    linux.cpu_period = cpu.get("period", 0) or 0
+    linux.cpuset_cpus = cpu.get("cpus", "") or ""
+    linux.cpuset_mems = cpu.get("mems", "") or ""
+    linux.memory_limit_in_bytes = memory.get("limit", 0) or 0
+    if c.user:
+        status.user.linux.uid = c.user.get("uid", 0)
+        status.user.linux.gid = c.user.get("gid", 0)
+        status.user.linux.supplemental_groups.extend(c.user.get("additional_gids", []))
+    return status

@@ -1,0 +1,267 @@
+"""The OCI runtime command line (runc, or anything that speaks its CLI).
+
+:class:`OCIRuntime` runs one ``runc --root <state_root> <subcommand> …`` per
+call with ``reactor.spawnProcess`` and a :class:`ProcessProtocol`, under a
+timeout, and turns failures into :class:`~rktlet.errors.RuntimeFailure`
+carrying runc's own words.  Containers are *created* by conmon
+(:mod:`rktlet.oci.conmon`, which runs ``runc create`` itself); this driver
+starts, signals, inspects, updates and deletes them.
+
+runc reports errors on stderr through logrus in its text format, e.g.
+``time="2026-11-29T13:04:06Z" level=error msg="container does not exist"``;
+:func:`clean_message` reduces that to ``container does not exist``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from rktlet.errors import RuntimeFailure
+from rktlet.logs import logger
+
+__all__ = ["OCIRuntime", "clean_message", "is_absent", "is_not_running"]
+
+log = logger("rktlet.oci.runtime")
+
+#: Used when the daemon's environment has no PATH (runc runs hooks through it).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: runc answers with a few KiB at most (``state`` JSON, error lines); more is
+#: a broken runtime, and keeping it all would let it fill the daemon's memory.
+OUTPUT_LIMIT = 4 << 20
+
+# One logrus text-format record: key=value pairs where values are bare words
+# or Go-quoted strings.  We only need ``level`` and ``msg``.
+_LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_GO_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "'": "'", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
+_GO_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)")
+_SERIOUS = ("error", "fatal", "panic")
+
+
+def _go_unquote(quoted: str) -> str:
+    """The text of a Go ``%q`` string literal (quotes included in *quoted*)."""
+    body = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else quoted
+
+    def replace(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code[0] in "xuU" and len(code) > 1:
+            return chr(int(code[1:], 16))
+        return _GO_ESCAPES.get(code, code)
+
+    return _GO_ESCAPE.sub(replace, body)
+
+
+def _parse_logfmt(line: str) -> tuple[str, str] | None:
+    """``(level, msg)`` of a logrus text record, or None for a plain line."""
+    if not line.startswith("time="):
+        return None
+    fields = {key: value for key, value in _LOGFMT_PAIR.findall(line)}
+    if "msg" not in fields:
+        return None
+    return fields.get("level", ""), _go_unquote(fields["msg"]) if fields["msg"].startswith('"') else fields["msg"]
+
+
+def clean_message(stderr: bytes | str) -> str:
+    """runc's error message without logrus' ``time=… level=… msg=`` framing.
+
+    Records of level error/fatal/panic are kept when there are any (warnings
+    around them are noise); otherwise every line is.  Plain lines (runc
+    built without logrus framing, crun, a shell script standing in for runc)
+    are kept as they are.  Lines are joined with ``"; "``.
+    """
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    serious: list[str] = []
+    other: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        parsed = _parse_logfmt(line)
+        if parsed is None:
+            other.append(line)
+            continue
+        level, msg = parsed
+        msg = msg.strip()
+        if msg:
+            (serious if level in _SERIOUS else other).append(msg)
+    return "; ".join(serious or other)
+
+
+def is_absent(message: str) -> bool:
+    """Whether runc's *message* says the container does not exist."""
+    return "does not exist" in message.lower()
+
+
+def is_not_running(message: str) -> bool:
+    """Whether runc's *message* says the container (or its init) is no
+    longer running — what ``kill`` answers for a stopped container."""
+    lowered = message.lower()
+    return any(s in lowered for s in ("not running", "process already finished", "no such process"))
+
+
+class _RuntimeProcess(ProcessProtocol):
+    """Feeds *stdin* to one runtime process and collects its output."""
+
+    def __init__(self, reactor: Any, stdin: bytes, timeout: float) -> None:
+        self.done: Deferred[tuple[int | None, bytes, bytes, bool]] = Deferred(self._cancel)
+        self._reactor = reactor
+        self._stdin = stdin
+        self._timeout = timeout
+        self._timer: Any = None
+        self._out = bytearray()
+        self._err = bytearray()
+        self._timed_out = False
+
+    def connectionMade(self) -> None:
+        self._timer = self._reactor.callLater(self._timeout, self._expire)
+        if self._stdin:
+            self.transport.write(self._stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        if len(self._out) < OUTPUT_LIMIT:
+            self._out += data[: OUTPUT_LIMIT - len(self._out)]
+
+    def errReceived(self, data: bytes) -> None:
+        if len(self._err) < OUTPUT_LIMIT:
+            self._err += data[: OUTPUT_LIMIT - len(self._err)]
+
+    def _kill(self) -> None:
+        try:
+            self.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+        # A grandchild (a hook, say) may hold the pipes: stop waiting for them.
+        self.transport.loseConnection()
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timed_out = True
+        self._kill()
+
+    def _cancel(self, _: Deferred) -> None:
+        # The caller gave up: runc must not keep running unobserved.
+        self._kill()
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.done.called:  # cancelled meanwhile
+            return
+        code = getattr(reason.value, "exitCode", None)
+        self.done.callback((code, bytes(self._out), bytes(self._err), self._timed_out))
+
+
+class OCIRuntime:
+    """Drives one OCI runtime binary with one state directory.
+
+    :param reactor: provides ``spawnProcess`` and ``callLater``.
+    :param binary: the runtime, a path or a name looked up in PATH
+        (``runc``).  Kept as given when it cannot be found now; calls then
+        fail with RuntimeFailure.
+    :param state_root: the runtime's ``--root`` (its container state), under
+        rktlet's run dir so that rktlet's containers are its own.
+    :param timeout: seconds one runtime call may take before it is killed.
+    """
+
+    def __init__(self, reactor: Any, binary: str, state_root: str, timeout: float = 60.0) -> None:
+        self._reactor = reactor
+        # An absolute path, when it can be found: conmon gets it as `-r`.
+        self.binary = binary if os.sep in binary else (shutil.which(binary) or binary)
+        self.state_root = state_root
+        self.timeout = timeout
+
+    @property
+    def global_args(self) -> list[str]:
+        """The global flags placed before every subcommand (what conmon
+        receives as ``--runtime-arg``)."""
+        return [f"--root={self.state_root}"]
+
+    async def run(self, *args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+        """Run ``BINARY --root=STATE_ROOT ARGS…`` and return ``(exit code,
+        stdout, stderr)`` whatever the exit code.
+
+        :raises RuntimeFailure: the binary cannot be run, was killed by a
+            signal, or ran past the timeout (then it is killed).
+        """
+        argv = [self.binary, *self.global_args, *args]
+        what = " ".join([os.path.basename(self.binary), *args[:1]])
+        proto = _RuntimeProcess(self._reactor, stdin, self.timeout)
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
+        try:
+            # No cwd: Twisted then uses posix_spawn rather than fork.
+            self._reactor.spawnProcess(proto, self.binary, argv, env=env)
+        except OSError as e:
+            raise RuntimeFailure(f"{what}: cannot run {self.binary}: {os.strerror(e.errno or 0)}") from e
+        code, out, err, timed_out = await proto.done
+        if timed_out:
+            raise RuntimeFailure(f"{what}: timed out after {self.timeout:g}s; killed")
+        if code is None:
+            detail = clean_message(err)
+            raise RuntimeFailure(f"{what}: killed by a signal" + (f": {detail}" if detail else ""))
+        return code, out, err
+
+    async def _check(self, *args: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
+        """:meth:`run`, plus runc's cleaned message (empty on success)."""
+        code, out, err = await self.run(*args, stdin=stdin)
+        return code, out, ("" if code == 0 else clean_message(err) or f"exit status {code}")
+
+    def _failure(self, args: tuple[str, ...], message: str) -> RuntimeFailure:
+        return RuntimeFailure(f"{os.path.basename(self.binary)} {' '.join(args)}: {message}")
+
+    async def start(self, container_id: str) -> None:
+        """``runc start``: let a created container's process run."""
+        code, _, message = await self._check("start", container_id)
+        if code != 0:
+            raise self._failure(("start", container_id), message)
+
+    async def kill(self, container_id: str, signal: str = "KILL", all_processes: bool = False) -> None:
+        """Send *signal* (a name like ``KILL``/``TERM`` or a number) to the
+        container's init, or to every process in it with *all_processes*.
+        A container that is not running or does not exist is fine."""
+        args = ("kill", "--all", container_id, signal) if all_processes else ("kill", container_id, signal)
+        code, _, message = await self._check(*args)
+        if code != 0 and not (is_absent(message) or is_not_running(message)):
+            raise self._failure(args, message)
+
+    async def delete(self, container_id: str, force: bool = True) -> None:
+        """Delete the container's runtime state (with *force*, killing it
+        first if it still runs).  An absent container is fine."""
+        args = ("delete", "--force", container_id) if force else ("delete", container_id)
+        code, _, message = await self._check(*args)
+        if code != 0 and not is_absent(message):
+            raise self._failure(args, message)
+
+    async def state(self, container_id: str) -> dict[str, Any] | None:
+        """``runc state`` as a dict (``status``: created, running, paused,
+        stopped; ``pid``, ``bundle``, ...), or None if it does not exist."""
+        code, out, message = await self._check("state", container_id)
+        if code != 0:
+            if is_absent(message):
+                return None
+            raise self._failure(("state", container_id), message)
+        try:
+            state = json.loads(out)
+        except ValueError as e:
+            raise self._failure(("state", container_id), f"unreadable output: {out[:200]!r}") from e
+        if not isinstance(state, dict):
+            raise self._failure(("state", container_id), f"unexpected output: {out[:200]!r}")
+        return state
+
+    async def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        """``runc update --resources -``: apply OCI ``linux.resources``
+        (*resources*, as in config.json) to a running container."""
+        args = ("update", "--resources", "-", container_id)
+        code, _, message = await self._check(*args, stdin=json.dumps(resources).encode())
+        if code != 0:
+            raise self._failure(args, message)

@@ -1,0 +1,452 @@
+"""Containers in pods: rkt's ``app add / start / stop / rm``.
+
+CreateContainer prepares everything without starting a process: the root
+filesystem (an overlay of the image's unpacked layers and a writable layer of
+the container's own), the OCI bundle with its runtime spec, the record.
+StartContainer hands the bundle to conmon (``--sync``: conmon stays our child
+while the daemon lives), which runs ``runc create``; once runc reports the
+container created, ``runc start`` runs the app. Exits are learnt from conmon
+— also after a daemon restart, from its exit file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.threads import deferToThreadPool
+
+from rktlet import logs
+from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
+from rktlet.fsutil import write_json_atomic
+from rktlet.oci import cgroups, mounts, users
+from rktlet.oci.conmon import Conmon, Monitor
+from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
+from rktlet.oci.runtime import OCIRuntime
+from rktlet.oci.spec import HostInfo, build_spec, linux_resources
+from rktlet.pod import ids
+from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
+from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
+from rktlet.pod.store import RecordStore
+
+log = logs.logger("rktlet.pod.containers")
+
+
+def _own_oom_score_adj() -> int:
+    with open("/proc/self/oom_score_adj") as f:
+        return int(f.read().strip())
+
+
+class ContainerManager:
+    """Owns every container record; used on the reactor thread only.
+
+    :param reactor: timers, processes, thread handoff.
+    :param threadpool: where mounts and file work run.
+    :param run_dir: the daemon's ``--run-dir`` (bundles live there).
+    :param root: the daemon's ``--root`` (writable layers live there).
+    :param store: durable container records.
+    :param sandboxes: the sandbox manager (pods are looked up there).
+    :param images: the image manager (images and their layers).
+    :param runtimes: handler name → :class:`OCIRuntime`.
+    :param conmons: handler name → :class:`Conmon`.
+    :param cgroup_layout: the host's cgroup layout.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        threadpool: Any,
+        run_dir: str,
+        root: str,
+        store: RecordStore[Container],
+        sandboxes: Any,
+        images: Any,
+        runtimes: dict[str, OCIRuntime],
+        conmons: dict[str, Conmon],
+        cgroup_layout: cgroups.Layout,
+    ) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._bundles = os.path.join(run_dir, "containers")
+        self._layers = os.path.join(root, "containers")
+        self._store = store
+        self._sandboxes = sandboxes
+        self._images = images
+        self._runtimes = runtimes
+        self._conmons = conmons
+        self._cgroups = cgroup_layout
+        self.containers: dict[str, Container] = {}
+        self._by_key: dict[str, str] = {}
+        self._monitors: dict[str, Monitor] = {}
+        self._locks: dict[str, DeferredLock] = {}
+        self._daemon_oom = _own_oom_score_adj()
+        self._host = HostInfo.probe()  # what the spec builder needs to know of this host, read once
+        sandboxes.stop_containers = self.stop_pod_containers
+        sandboxes.remove_containers = self.remove_pod_containers
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _lock(self, container_id: str) -> DeferredLock:
+        return self._locks.setdefault(container_id, DeferredLock())
+
+    # -- start-up --------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the records and re-adopt running containers (blocking, at
+        start-up): a container that exited while the daemon was down gets its
+        real exit code and time from conmon's exit file."""
+        os.makedirs(self._bundles, mode=0o711, exist_ok=True)
+        os.makedirs(self._layers, mode=0o700, exist_ok=True)
+        for c in self._store.load():
+            self.containers[c.id] = c
+            self._by_key[c.key] = c.id
+            if c.state != RUNNING:
+                continue
+            sb = self._sandboxes.find(c.sandbox_id)
+            conmon = self._conmons[sb.handler if sb else "runc"]
+            ended = conmon.read_exit(c.id, c.bundle)
+            if ended is not None:
+                self._record_exit(c, *ended)
+                continue
+            if not os.path.exists(f"/proc/{c.conmon_pid}"):
+                self._record_exit(c, 255, time.time_ns(), False, message="conmon vanished while rktlet was down")
+                continue
+            monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
+            self._watch(c, monitor)
+            log.info("re-adopted running container {id} (conmon pid {pid})", id=c.id, pid=c.conmon_pid)
+
+    def layers_in_use(self) -> list[str]:
+        """The image layers containers use (kept by image garbage collection)."""
+        return [chain for c in self.containers.values() for chain in c.chain_ids]
+
+    # -- lookups -----------------------------------------------------------------
+
+    def find(self, id_or_prefix: str) -> Container | None:
+        """The container with this id or unique prefix, if any."""
+        if id_or_prefix in self.containers:
+            return self.containers[id_or_prefix]
+        found = ids.resolve(id_or_prefix, self.containers, "container")
+        return self.containers[found] if found else None
+
+    def get(self, id_or_prefix: str) -> Container:
+        """Like :meth:`find`; a missing container is :class:`NotFound`."""
+        c = self.find(id_or_prefix)
+        if c is None:
+            raise NotFound(f"container {id_or_prefix!r} not found")
+        return c
+
+    def list(self, id_prefix: str = "", sandbox_prefix: str = "", state: str | None = None,
+             labels: dict[str, str] | None = None) -> list[Container]:
+        """Containers matching every filter given (from memory)."""
+        if id_prefix:
+            try:
+                one = self.find(id_prefix)
+            except InvalidArgument:
+                return []
+            candidates = [one] if one else []
+        else:
+            candidates = list(self.containers.values())
+        sandbox_id = ""
+        if sandbox_prefix:
+            try:
+                sb = self._sandboxes.find(sandbox_prefix)
+            except InvalidArgument:
+                return []
+            if sb is None:
+                return []
+            sandbox_id = sb.id
+        out = []
+        for c in candidates:
+            if sandbox_id and c.sandbox_id != sandbox_id:
+                continue
+            if state is not None and c.state != state:
+                continue
+            if labels and any(c.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(c)
+        return sorted(out, key=lambda c: c.created_at)
+
+    # -- CreateContainer -------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig, image: str, attempt: int, fingerprint: str,
+                     labels: dict[str, str], annotations: dict[str, str], log_path: str,
+                     stop_signal: str = "") -> Container:
+        """Prepare a container in a pod; returns its record (CREATED)."""
+        sb = self._sandboxes.get(sandbox_id)
+        if sb.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
+        key = f"{sb.id}/{config.name}/{attempt}"
+        existing_id = self._by_key.get(key)
+        if existing_id is not None:
+            existing = self.containers[existing_id]
+            if existing.fingerprint == fingerprint:
+                return existing  # a retry of a create that already happened
+            raise AlreadyExists(f"container name {config.name!r} (attempt {attempt}) in pod {sb.id} is reserved by "
+                                f"container {existing.id} with a different config")
+        record = self._images.find(image)
+        if record is None:
+            raise NotFound(f"image {image!r} not found: pull it first")
+        image_config = self._images.config(record)
+        image_defaults = ImageDefaults(
+            entrypoint=image_config.entrypoint, cmd=image_config.cmd, env=image_config.env,
+            working_dir=image_config.working_dir, user=image_config.user,
+        )
+        container_id = ids.new_id()
+        c = Container(
+            id=container_id, sandbox_id=sb.id, name=config.name, attempt=attempt, fingerprint=fingerprint,
+            created_at=time.time_ns(), image=image, image_ref=record.id,
+            image_name=(record.repo_tags or record.repo_digests or [record.id])[0],
+            labels=dict(labels), annotations=dict(annotations), log_path=log_path,
+            mounts=[{"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
+                     "propagation": m.propagation} for m in config.mounts],
+            bundle=os.path.join(self._bundles, container_id), layer_dir=os.path.join(self._layers, container_id),
+            chain_ids=list(record.chain_ids), tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
+            stop_signal=stop_signal or image_config.stop_signal or "SIGTERM",
+        )
+        self._by_key[key] = container_id
+        self.containers[container_id] = c
+        lowers = [self._images.store.layer_diff_dir(chain) for chain in reversed(record.chain_ids)]
+        try:
+            spec, notes, user = await self._in_thread(
+                self._prepare_bundle, c, lowers, config, image_defaults, self._pod_context(sb)
+            )
+            for note in notes:
+                log.info("container {name} in pod {pod}: {note}", name=config.name, pod=sb.id, note=note)
+            c.user = {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids),
+                      "username": user.username}
+            c.resources = spec.get("linux", {}).get("resources", {})
+            self._store.save(c)
+        except BaseException:
+            self.containers.pop(container_id, None)
+            self._by_key.pop(key, None)
+            await self._in_thread(self._remove_files, c)
+            raise
+        log.info("container {id} ({name}) created in pod {pod}", id=container_id, name=config.name, pod=sb.id)
+        return c
+
+    def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
+                        pod: PodContext) -> tuple[dict[str, Any], list[str], users.ResolvedUser]:
+        """Blocking (a worker thread): the writable layer, the overlay root,
+        the user, the runtime spec written as the bundle's config.json."""
+        upper, work = os.path.join(c.layer_dir, "upper"), os.path.join(c.layer_dir, "work")
+        rootfs = os.path.join(c.bundle, "rootfs")
+        for d in (upper, work, rootfs):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        mounts.mount("overlay", rootfs, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
+        user = users.resolve_user(rootfs, image.user, config.security)
+        spec, notes = build_spec(c.id, config, image, pod, rootfs, user, self._daemon_oom, self._host)
+        write_json_atomic(os.path.join(c.bundle, "config.json"), spec)
+        return spec, notes, user
+
+    @staticmethod
+    def _remove_files(c: Container) -> None:
+        """Blocking, idempotent: unmount the root, remove bundle and writable layer."""
+        mounts.unmount(os.path.join(c.bundle, "rootfs"))
+        shutil.rmtree(c.bundle, ignore_errors=True)
+        shutil.rmtree(c.layer_dir, ignore_errors=True)
+
+    def _pod_context(self, sb: Sandbox) -> PodContext:
+        host = set()
+        if sb.network_mode == MODE_NODE:
+            host.add("net")
+        if sb.ipc_mode == MODE_NODE:
+            host.add("ipc")
+        if sb.pid_mode == MODE_NODE:
+            host.add("pid")
+        return PodContext(
+            namespaces=dict(sb.namespaces),
+            host=frozenset(host),
+            pid_mode=sb.pid_mode,
+            infra_pid=sb.infra_pid,
+            hostname=sb.hostname,
+            files={f"/etc/{n}": os.path.join(sb.dir, n) for n in ("resolv.conf", "hosts", "hostname")},
+            shm=sb.shm,
+            cgroup_parent=sb.cgroup_parent,
+            sysctls=dict(sb.sysctls),
+        )
+
+    # -- StartContainer ----------------------------------------------------------------
+
+    async def start(self, id_or_prefix: str) -> Container:
+        """Start a created container under conmon."""
+        c = self.get(id_or_prefix)
+        lock = self._lock(c.id)
+        await lock.acquire()
+        try:
+            if c.state != CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state}, not created: it cannot be started again")
+            sb = self._sandboxes.get(c.sandbox_id)
+            conmon = self._conmons[sb.handler]
+            runtime = self._runtimes[sb.handler]
+            if c.log_path:
+                os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
+
+            def into_pod_cgroup(pid: int) -> None:
+                # conmon lives in the pod's cgroup, never the daemon's: restarting
+                # the daemon's service must not take the monitors with it.
+                cgroups.add_process(self._cgroups, sb.cgroup_parent, pid)
+
+            try:
+                monitor = await conmon.create(c.id, c.bundle, c.log_path, tty=c.tty, stdin=c.stdin,
+                                              stdin_once=c.stdin_once, cgroup=into_pod_cgroup)
+                c.conmon_pid, c.container_pid = monitor.conmon_pid, monitor.container_pid
+                await runtime.start(c.id)
+            except RktletError as e:
+                # conmon cleans up after a failed create; after a failed start
+                # runc init and conmon still wait: end them.
+                try:
+                    await runtime.delete(c.id, force=True)
+                except RktletError as cleanup_error:
+                    log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
+                c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
+                c.finished_at = time.time_ns()
+                self._store.save(c)
+                raise
+            c.state, c.started_at = RUNNING, time.time_ns()
+            self._store.save(c)
+            self._watch(c, monitor)
+            log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
+            return c
+        finally:
+            lock.release()
+
+    def _watch(self, c: Container, monitor: Monitor) -> None:
+        self._monitors[c.id] = monitor
+
+        def ended(result: tuple[int, int, bool]) -> None:
+            self._monitors.pop(c.id, None)
+            if c.id in self.containers and c.state == RUNNING:
+                self._record_exit(c, *result)
+
+        def failed(failure: Any) -> None:
+            self._monitors.pop(c.id, None)
+            log.failure("watching container {id} failed", failure=failure, id=c.id)
+
+        monitor.exited.addCallbacks(ended, failed)
+
+    def _record_exit(self, c: Container, exit_code: int, finished_at: int, oom: bool, message: str = "") -> None:
+        c.state, c.exit_code, c.finished_at = EXITED, exit_code, finished_at
+        c.reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
+        c.message = message
+        self._store.save(c)
+        log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
+
+    # -- StopContainer / RemoveContainer ----------------------------------------------------
+
+    async def stop(self, id_or_prefix: str, timeout: float) -> None:
+        """The image's stop signal, *timeout* seconds, then SIGKILL; timeout 0
+        kills at once. Idempotent; an unknown id is fine."""
+        c = self.find(id_or_prefix)
+        if c is None:
+            return
+        await self._stop(c, timeout)
+
+    async def _stop(self, c: Container, timeout: float) -> None:
+        monitor = self._monitors.get(c.id)
+        if c.state != RUNNING or monitor is None:
+            return
+        sb = self._sandboxes.find(c.sandbox_id)
+        runtime = self._runtimes[sb.handler if sb else "runc"]
+        if timeout > 0:
+            await runtime.kill(c.id, c.stop_signal.removeprefix("SIG"))
+            if await self._wait_exit(monitor, timeout):
+                return
+        await runtime.kill(c.id, "KILL", all_processes=True)
+        if not await self._wait_exit(monitor, 10.0):
+            raise RuntimeFailure(f"container {c.id} did not exit after SIGKILL")
+
+    async def _wait_exit(self, monitor: Monitor, timeout: float) -> bool:
+        if monitor.exited.called:
+            return True
+        done: Deferred = Deferred()
+        timer = self._reactor.callLater(timeout, lambda: done.called or done.callback(False))
+
+        def fired(result: Any) -> Any:
+            if not done.called:
+                timer.cancel()
+                done.callback(True)
+            return result
+
+        monitor.exited.addBoth(fired)
+        return await done
+
+    async def remove(self, id_or_prefix: str) -> None:
+        """Force-stop, delete from the runtime, unmount, remove the bundle and
+        writable layer (the log stays: the kubelet owns it). Idempotent."""
+        c = self.find(id_or_prefix)
+        if c is None:
+            return
+        lock = self._lock(c.id)
+        await lock.acquire()
+        try:
+            if c.id not in self.containers:
+                return
+            await self._stop(c, 0)
+            sb = self._sandboxes.find(c.sandbox_id)
+            handler = sb.handler if sb else "runc"
+            await self._runtimes[handler].delete(c.id, force=True)
+            conmon = self._conmons[handler]
+            conmon.cleanup(conmon.paths(c.id, c.bundle))
+            await self._in_thread(self._remove_files, c)
+            self._store.delete(c.id)
+            self.containers.pop(c.id, None)
+            if self._by_key.get(c.key) == c.id:
+                del self._by_key[c.key]
+            self._locks.pop(c.id, None)
+            log.info("container {id} ({name}) removed", id=c.id, name=c.name)
+        finally:
+            lock.release()
+
+    async def stop_pod_containers(self, sb: Sandbox, force: bool) -> None:
+        """StopPodSandbox: the pod's running containers are stopped (killed
+        at once: the kubelet has already given each its grace period)."""
+        for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
+            await self._stop(c, 0)
+
+    async def remove_pod_containers(self, sb: Sandbox) -> None:
+        """RemovePodSandbox: remove the pod's containers."""
+        for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
+            await self.remove(c.id)
+
+    # -- the rest -----------------------------------------------------------------------
+
+    async def update_resources(self, id_or_prefix: str, wanted: Resources) -> None:
+        """UpdateContainerResources: ``runc update``, then recorded."""
+        c = self.get(id_or_prefix)
+        resources, notes = linux_resources(wanted, self._host)
+        for note in notes:
+            log.info("container {id}: {note}", id=c.id, note=note)
+        if c.state != RUNNING:
+            c.resources.update(resources)
+            self._store.save(c)
+            return
+        sb = self._sandboxes.get(c.sandbox_id)
+        await self._runtimes[sb.handler].update(c.id, resources)
+        c.resources.update(resources)
+        self._store.save(c)
+
+    def reopen_log(self, id_or_prefix: str) -> None:
+        """ReopenContainerLog: conmon reopens the log file (after the
+        kubelet rotated it)."""
+        c = self.get(id_or_prefix)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running: its log cannot be reopened")
+        sb = self._sandboxes.get(c.sandbox_id)
+        conmon = self._conmons[sb.handler]
+        conmon.reopen_log(conmon.paths(c.id, c.bundle))
+
+    def verbose_info(self, c: Container) -> dict[str, Any]:
+        """ContainerStatus verbose: pid, bundle, runtime spec."""
+        try:
+            with open(os.path.join(c.bundle, "config.json")) as f:
+                spec = json.load(f)
+        except OSError:
+            spec = None
+        return {"pid": c.container_pid, "conmonPid": c.conmon_pid, "bundle": c.bundle, "runtimeSpec": spec,
+                "sandboxID": c.sandbox_id, "user": c.user}
+

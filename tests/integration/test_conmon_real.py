@@ -1,0 +1,454 @@
+"""conmon 2.1.x and runc on the real kernel, driven through
+:class:`rktlet.oci.conmon.Conmon` and :class:`rktlet.oci.runtime.OCIRuntime`
+on the real reactor.
+
+Each test builds OCI bundles by hand: a busybox root filesystem (the test
+image layer, unpacked with rktlet's own unpacker) and a minimal config.json.
+Containers get the host network and cgroups under a test-only parent
+``/rktlet-conmon-test-<random>``, where conmon itself is placed too.  Pass or
+fail, every container is deleted, every conmon killed by pid and reaped, the
+cgroups and temp dirs removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from rktlet.errors import RuntimeFailure
+from rktlet.image.unpack import unpack_layer
+from rktlet.oci import cgroups
+from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
+from rktlet.oci.runtime import OCIRuntime
+from tests.support.images import busybox_layer
+
+pytestmark = pytest.mark.root
+
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
+CONMON = shutil.which("conmon") or "/usr/bin/conmon"
+
+# A CRI log record: RFC 3339 time with 9 fractional digits and an offset.
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}[+-]\d\d:\d\d (stdout|stderr) ([FP]) (.*)$")
+
+CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_NET_BIND_SERVICE"]
+
+
+async def sleep(seconds: float) -> None:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await sleep(0.02)
+
+
+async def exited(monitor: Monitor, timeout: float = 15.0) -> tuple[int, int, bool]:
+    """The monitor's exit, or a test failure after *timeout* seconds."""
+    return await monitor.exited.addTimeout(timeout, reactor)
+
+
+def conmon_pids_for(marker: str) -> list[int]:
+    """Pids of live conmon processes whose command line mentions *marker*."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == b"conmon" and marker.encode() in b" ".join(argv) and state != b"Z":
+            pids.append(int(entry))
+    return pids
+
+
+class Lab:
+    """Temp dirs, runc state, cgroups and the Conmon driver of one test."""
+
+    def __init__(self) -> None:
+        # Short: <socket_dir>/<id>/attach must fit a unix socket path.
+        self.base = tempfile.mkdtemp(prefix="rkcm", dir="/tmp")
+        self.exits = os.path.join(self.base, "exits")
+        self.sockets = os.path.join(self.base, "s")
+        self.runc_root = os.path.join(self.base, "runc")
+        self.logs = os.path.join(self.base, "logs")
+        os.makedirs(self.logs)
+        self.layout = cgroups.detect()
+        self.cgroup_parent = f"/rktlet-conmon-test-{uuid.uuid4().hex[:10]}"
+        self.cgroup_dirs = cgroups.ensure(self.layout, self.cgroup_parent)
+        self.runtime = OCIRuntime(reactor, RUNC, self.runc_root, timeout=30)
+        self.conmon = self.new_conmon()
+        self.ids: list[str] = []
+        self.monitors: list[Monitor] = []
+        self.conmons: list[Conmon] = [self.conmon]
+
+    def new_conmon(self) -> Conmon:
+        """A Conmon as a freshly (re)started daemon would make it."""
+        c = Conmon(reactor, self.runtime, CONMON, exits_dir=self.exits, socket_dir=self.sockets, create_timeout=30)
+        if hasattr(self, "conmons"):
+            self.conmons.append(c)
+        return c
+
+    def bundle(self, container_id: str, args: list[str], resources: dict[str, Any] | None = None) -> str:
+        """A bundle for *args* with a busybox root file system."""
+        bundle = os.path.join(self.base, "b-" + container_id)
+        rootfs = os.path.join(bundle, "rootfs")
+        os.makedirs(rootfs)
+        blob = os.path.join(bundle, "layer")
+        with open(blob, "wb") as f:
+            f.write(busybox_layer().blob)
+        unpack_layer(blob, rootfs)
+        os.unlink(blob)
+        config = {
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": False,
+                "user": {"uid": 0, "gid": 0},
+                "args": args,
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "cwd": "/",
+                "capabilities": {k: CAPS for k in ("bounding", "effective", "permitted")},
+                "noNewPrivileges": True,
+            },
+            "root": {"path": "rootfs"},
+            "hostname": container_id[:60],
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            ],
+            "linux": {
+                # Host network: this test is about the monitor, not networking.
+                "namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")],
+                "cgroupsPath": f"{self.cgroup_parent}/{container_id}",
+                "resources": resources or {},
+            },
+        }
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(config, f)
+        return bundle
+
+    def log_path(self, container_id: str) -> str:
+        return os.path.join(self.logs, container_id + ".log")
+
+    def place_conmon(self, pid: int) -> None:
+        """The ``cgroup`` callback: conmon joins the test's parent cgroup."""
+        cgroups.add_process(self.layout, self.cgroup_parent, pid)
+
+    async def create(self, args: list[str], resources: dict[str, Any] | None = None) -> tuple[str, str, Monitor]:
+        container_id = "c" + uuid.uuid4().hex[:12]
+        self.ids.append(container_id)
+        bundle = self.bundle(container_id, args, resources)
+        monitor = await self.conmon.create(container_id, bundle, self.log_path(container_id), cgroup=self.place_conmon)
+        self.monitors.append(monitor)
+        return container_id, bundle, monitor
+
+    async def run(self, args: list[str], resources: dict[str, Any] | None = None) -> tuple[str, str, Monitor]:
+        container_id, bundle, monitor = await self.create(args, resources)
+        await self.runtime.start(container_id)
+        return container_id, bundle, monitor
+
+    def log_records(self, path: str) -> list[tuple[str, str, str]]:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            match = LOG_RECORD.match(line)
+            assert match, f"not a CRI log record: {line!r}"
+            records.append(match.groups())
+        return records
+
+    async def teardown(self) -> None:
+        for container_id in self.ids:
+            try:
+                await self.runtime.delete(container_id, force=True)
+            except RuntimeFailure:
+                pass
+        # Only conmons of this test (their command line names its dirs), by pid.
+        for pid in conmon_pids_for(self.base):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # conmon is the reactor's child: let Twisted reap it (an orphan would
+        # stay a zombie on hosts whose PID 1 does not reap).
+        await wait_for(lambda: all(m.conmon_exited is not False for m in self.monitors), 10, "conmon to be reaped")
+        for c in self.conmons:
+            c.close()
+        dirs = list(self.cgroup_dirs)
+        if self.layout.mode == "hybrid" and self.layout.unified:
+            # runc also makes the container's cgroup in the unified tree of
+            # a hybrid host, creating our parent there; runc delete removes
+            # only the container's level.
+            dirs.append(os.path.join(self.layout.unified, self.cgroup_parent.lstrip("/")))
+        cgroups.remove(dirs)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest_twisted.async_yield_fixture
+async def lab():
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        await lab.teardown()
+        assert not conmon_pids_for(lab.base)
+        assert not os.path.exists(lab.base)
+        name = lab.cgroup_parent.lstrip("/")
+        left = [root for root in {*lab.layout.v1.values(), lab.layout.unified} if root and os.path.exists(os.path.join(root, name))]
+        assert not left, f"cgroup {lab.cgroup_parent} left in {left}"
+
+
+def _cgroup_of(pid: int, controller: str) -> str:
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    raise AssertionError(f"{controller} not in /proc/{pid}/cgroup")
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_start_log_and_exit_code(lab):
+    container_id, bundle, monitor = await lab.create(["sh", "-c", "echo hello; echo err >&2; sleep 1; exit 3"])
+    assert monitor.container_pid > 0 and monitor.conmon_pid > 0
+    state = await lab.runtime.state(container_id)
+    assert state is not None and state["status"] == "created"
+    assert state["pid"] == monitor.container_pid
+    # conmon was moved out of our cgroup before it went on.
+    assert _cgroup_of(monitor.conmon_pid, "memory") == lab.cgroup_parent
+    paths = monitor.paths
+    assert os.path.islink(paths.socket_link) and os.readlink(paths.socket_link) == bundle
+    assert os.path.exists(paths.attach_socket) and os.path.exists(paths.ctl_fifo)
+    assert not monitor.exited.called
+
+    await lab.runtime.start(container_id)
+    state = await lab.runtime.state(container_id)
+    assert state["status"] == "running"
+
+    before = time.time_ns()
+    code, finished_at, oom = await exited(monitor)
+    assert (code, oom) == (3, False)
+    assert before - 5_000_000_000 < finished_at <= time.time_ns()
+    assert not monitor.lost
+    with open(paths.exit_file, "rb") as f:
+        assert f.read() == b"3"  # decimal, no newline
+    assert lab.conmon.read_exit(container_id, bundle) == (3, finished_at, False)
+    # Another waiter, later, gets the same answer.
+    assert (await monitor.exited) == (3, finished_at, False)
+    assert monitor.conmon_exited and monitor.conmon_exit_code == 3  # --sync: conmon mirrors it
+
+    records = lab.log_records(lab.log_path(container_id))
+    assert ("stdout", "F", "hello") in records
+    assert ("stderr", "F", "err") in records
+    assert (await lab.runtime.state(container_id))["status"] == "stopped"
+
+    await lab.runtime.delete(container_id)
+    assert await lab.runtime.state(container_id) is None
+    await lab.runtime.delete(container_id)  # idempotent
+    lab.conmon.cleanup(paths)
+    lab.conmon.cleanup(paths)  # idempotent
+    for path in paths.files():
+        assert not os.path.lexists(path), path
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_reports_128_plus_signal(lab):
+    container_id, _, monitor = await lab.run(["sleep", "100"])
+    assert (await lab.runtime.state(container_id))["status"] == "running"
+    await lab.runtime.kill(container_id, "KILL")
+    code, _, oom = await exited(monitor)
+    assert (code, oom) == (137, False)
+    # Signalling a stopped or unknown container is not an error.
+    await lab.runtime.kill(container_id, "KILL")
+    await lab.runtime.kill(container_id, "TERM", all_processes=True)
+    await lab.runtime.kill("no-such-container", "KILL")
+    with pytest.raises(RuntimeFailure, match="container not running|cannot start"):
+        await lab.runtime.start(container_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_executable_fails_and_leaves_nothing(lab):
+    with pytest.raises(RuntimeFailure) as info:
+        await lab.create(["no-such-program", "arg"])
+    message = str(info.value)
+    assert "executable file not found" in message, message
+    assert "level=error" not in message and "time=" not in message, message
+    container_id = lab.ids[-1]
+    assert await lab.runtime.state(container_id) is None
+    await wait_for(lambda: not conmon_pids_for(lab.base), 5, "conmon to exit")
+    paths = lab.conmon.paths(container_id, os.path.join(lab.base, "b-" + container_id))
+    for path in paths.files():
+        assert not os.path.lexists(path), path
+
+
+@pytest_twisted.ensureDeferred
+async def test_oom_kill_is_reported(lab):
+    # dd's 32 MiB block buffer is faulted in by reading /dev/zero into it:
+    # far more than the 8 MiB the container may use.
+    container_id, bundle, monitor = await lab.run(
+        ["dd", "if=/dev/zero", "of=/dev/null", "bs=32M", "count=4"],
+        resources={"memory": {"limit": 8 * 1024 * 1024}},
+    )
+    code, _, oom = await exited(monitor)
+    assert oom is True
+    assert code == 137
+    assert any(os.path.exists(p) for p in monitor.paths.oom_files)
+    assert lab.conmon.read_exit(container_id, bundle)[2] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_resources(lab):
+    container_id, _, monitor = await lab.run(["sleep", "100"])
+    await lab.runtime.update(container_id, {"memory": {"limit": 64 * 1024 * 1024}})
+    limit_file = os.path.join(lab.layout.v1["memory"], lab.cgroup_parent.lstrip("/"), container_id,
+                              "memory.limit_in_bytes") if lab.layout.mode != "v2" else None
+    if limit_file:
+        with open(limit_file) as f:
+            assert int(f.read()) == 64 * 1024 * 1024
+    with pytest.raises(RuntimeFailure):
+        await lab.runtime.update("no-such-container", {"memory": {"limit": 1 << 26}})
+    await lab.runtime.kill(container_id, "KILL")
+    assert (await exited(monitor))[0] == 137
+
+
+@pytest_twisted.ensureDeferred
+async def test_reopen_log_after_rotation(lab):
+    container_id, _, monitor = await lab.run(
+        ["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done"]
+    )
+    log_path = lab.log_path(container_id)
+    await wait_for(lambda: len(lab.log_records(log_path)) >= 3, 10, "first log lines")
+    rotated = log_path + ".1"
+    os.rename(log_path, rotated)
+    lab.conmon.reopen_log(monitor.paths)
+    await wait_for(lambda: len(lab.log_records(log_path)) >= 3, 10, "lines in the reopened log")
+    old = [text for _, _, text in lab.log_records(rotated)]
+    new = [text for _, _, text in lab.log_records(log_path)]
+    assert not set(old) & set(new)
+    assert int(new[0].removeprefix("line")) > int(old[0].removeprefix("line"))
+    # A resize of a container without a tty is harmless to conmon.
+    lab.conmon.resize(monitor.paths, 40, 120)
+    await lab.runtime.kill(container_id, "KILL")
+    assert (await exited(monitor))[0] == 137
+    with pytest.raises(RuntimeFailure, match="container is not running"):
+        lab.conmon.reopen_log(monitor.paths)
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopt_running_container(lab):
+    container_id, bundle, monitor = await lab.run(["sleep", "100"])
+    restarted = lab.new_conmon()  # a daemon that did not spawn this conmon
+    adopted = restarted.adopt(container_id, bundle, monitor.conmon_pid, monitor.container_pid)
+    assert adopted.adopted and adopted.running
+    await sleep(0.3)
+    assert not adopted.exited.called
+    await lab.runtime.kill(container_id, "KILL")
+    code, finished_at, oom = await exited(adopted)
+    assert (code, oom) == (137, False)
+    assert (await exited(monitor)) == (code, finished_at, oom)
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopt_after_exit_while_nobody_watched(lab):
+    container_id, bundle, monitor = await lab.run(["sh", "-c", "exit 4"])
+    await exited(monitor)
+    mtime = os.stat(monitor.paths.exit_file).st_mtime_ns
+    restarted = lab.new_conmon()
+    adopted = restarted.adopt(container_id, bundle, monitor.conmon_pid, monitor.container_pid)
+    d = adopted.exited
+    assert d.called  # at once, from the exit file
+    assert (await d) == (4, mtime, False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_adopt_without_exit_file_or_processes(lab):
+    # The daemon's records name a conmon that is gone (pid reused by another
+    # program, here this test process) and wrote no exit file.
+    bundle = os.path.join(lab.base, "b-gone")
+    os.makedirs(bundle)
+    adopted = lab.new_conmon().adopt("gone", bundle, os.getpid(), 0)
+    code, _, oom = await exited(adopted, 5)
+    assert (code, oom, adopted.lost) == (UNKNOWN_EXIT_CODE, False, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_created_container(lab):
+    # StopContainer of a container that was never started.
+    container_id, _, monitor = await lab.create(["sleep", "100"])
+    await lab.runtime.kill(container_id, "KILL")
+    assert (await exited(monitor))[0] == 137
+    assert (await lab.runtime.state(container_id))["status"] == "stopped"
+
+
+def _runc_pids(lab: Lab) -> list[int]:
+    """Live runc processes (create, init) run with this test's state root."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if lab.runc_root.encode() in cmdline and not cmdline.startswith(b"conmon"):
+            pids.append(int(entry))
+    return pids
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_cgroup_placement_kills_conmon(lab):
+    def refuse(pid: int) -> None:
+        raise RuntimeFailure(f"no cgroup for {pid}")
+
+    container_id = "cgfail"
+    bundle = lab.bundle(container_id, ["sleep", "100"])
+    with pytest.raises(RuntimeFailure, match="no cgroup for"):
+        await lab.conmon.create(container_id, bundle, lab.log_path(container_id), cgroup=refuse)
+    lab.ids.append(container_id)
+    assert not conmon_pids_for(lab.base)
+    assert await lab.runtime.state(container_id) is None
+    assert not any(os.path.lexists(p) for p in lab.conmon.paths(container_id, bundle).files())
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_timeout_leaves_nothing(lab):
+    from rktlet.errors import DeadlineExceeded
+
+    impatient = Conmon(reactor, lab.runtime, CONMON, exits_dir=lab.exits, socket_dir=lab.sockets, create_timeout=0.005)
+    container_id = "slow"
+    lab.ids.append(container_id)
+    bundle = lab.bundle(container_id, ["sleep", "100"])
+    with pytest.raises(DeadlineExceeded, match="did not report within"):
+        await impatient.create(container_id, bundle, lab.log_path(container_id), cgroup=lab.place_conmon)
+    assert not conmon_pids_for(lab.base)
+    await wait_for(lambda: not _runc_pids(lab), 5, "runc processes to end")
+    assert await lab.runtime.state(container_id) is None
+    assert not any(os.path.lexists(p) for p in impatient.paths(container_id, bundle).files())

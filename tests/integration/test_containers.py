@@ -1,0 +1,235 @@
+"""Containers in pods: real images, runc under conmon, CRI logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import grpc
+import pytest
+
+from rktlet.cri.proto import pb
+from tests.support.containers import container_config, create, log_text, read_log, run_to_exit, start, status, wait_exited
+from tests.support.daemon import Daemon
+from tests.support.network import TestNetwork
+from tests.support.pods import pod_config, remove_all_pods, run_pod
+
+
+@pytest.fixture
+def pod(daemon, test_network, pushed_images, tmp_path):
+    """A running pod with the busybox image pulled; (daemon, pod id, pod config, image ref)."""
+    image = pushed_images["busybox"].ref
+    daemon.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    logs = tmp_path / "logs"
+    config = pod_config(log_directory=str(logs))
+    return daemon, run_pod(daemon, config), config, image, str(logs)
+
+
+def test_exit_codes_reasons_logs_env_and_workdir(pod):
+    daemon, pod_id, pod_cfg, image, logs = pod
+    config = container_config(
+        "hello", image, command=["sh", "-c", 'echo "out $GREETING $(pwd)"; echo err >&2; exit 3'],
+        envs=[pb.KeyValue(key="GREETING", value=b"hi")], working_dir="/tmp",
+        labels={"io.kubernetes.container.name": "hello"}, annotations={"io.kubernetes.container.hash": "abc"},
+    )
+    s = run_to_exit(daemon, pod_id, pod_cfg, config)
+    assert (s.exit_code, s.reason) == (3, "Error")
+    assert s.started_at > s.created_at and s.finished_at >= s.started_at
+    assert s.labels["io.kubernetes.container.name"] == "hello" and s.annotations["io.kubernetes.container.hash"] == "abc"
+    assert s.log_path == os.path.join(logs, "hello.log")
+    assert s.image_id.startswith("sha256:")
+    assert log_text(s.log_path) == b"out hi /tmp\n"
+    assert log_text(s.log_path, "stderr") == b"err\n"
+    ts = read_log(s.log_path)[0][0]
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+([+-]\d\d:\d\d|Z)$", ts)
+    ok = run_to_exit(daemon, pod_id, pod_cfg, container_config("ok", image, command=["true"]))
+    assert (ok.exit_code, ok.reason) == (0, "Completed")
+
+
+def test_start_error_for_missing_executable(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    cid = create(daemon, pod_id, pod_cfg, container_config("bad", image, command=["/no/such/binary"]))
+    with pytest.raises(grpc.RpcError) as e:
+        start(daemon, cid)
+    assert "no/such/binary" in e.value.details()
+    s = status(daemon, cid).status
+    assert (s.state, s.exit_code, s.reason) == (pb.CONTAINER_EXITED, 128, "StartError")
+    assert "no/such/binary" in s.message
+    with pytest.raises(grpc.RpcError) as e:
+        start(daemon, cid)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_started_twice_is_refused_and_stop_honours_grace(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    trap = container_config("trap", image, command=["sh", "-c", 'trap "echo bye; exit 0" TERM; while true; do sleep 0.1; done'])
+    cid = create(daemon, pod_id, pod_cfg, trap)
+    start(daemon, cid)
+    with pytest.raises(grpc.RpcError) as e:
+        start(daemon, cid)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    time.sleep(0.3)
+    daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10), timeout=30)
+    s = status(daemon, cid).status
+    assert (s.exit_code, s.reason) == (0, "Completed")
+    assert b"bye" in log_text(s.log_path)
+    stubborn = create(daemon, pod_id, pod_cfg, container_config("stubborn", image, command=["sh", "-c", 'trap "" TERM; while true; do sleep 0.1; done']))
+    start(daemon, stubborn)
+    time.sleep(0.3)
+    started = time.monotonic()
+    daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30)
+    assert 0.9 < time.monotonic() - started < 8
+    assert status(daemon, stubborn).status.exit_code == 137
+    daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=stubborn, timeout=1), timeout=30)  # idempotent
+
+
+def test_oom_killed(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    config = container_config("hog", image, command=["sh", "-c", 'x=a; while true; do x="$x$x"; done'])
+    config.linux.resources.memory_limit_in_bytes = 16 * 1024 * 1024
+    s = run_to_exit(daemon, pod_id, pod_cfg, config, timeout=60)
+    assert s.reason == "OOMKilled", (s.exit_code, s.reason)
+
+
+def test_users_readonly_rootfs_and_capabilities(pod, pushed_images):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    named = pushed_images["named-user"].ref
+    daemon.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=named)), timeout=60)
+    s = run_to_exit(daemon, pod_id, pod_cfg, container_config("whoami", named, command=["id"]))
+    assert b"uid=1234" in log_text(s.log_path)
+    config = container_config("byname", image, command=["id", "-u"])
+    config.linux.security_context.run_as_user.value = 4321
+    assert log_text(run_to_exit(daemon, pod_id, pod_cfg, config).log_path).strip() == b"4321"
+    ro = container_config("ro", image, command=["sh", "-c", "touch /x || echo refused"])
+    ro.linux.security_context.readonly_rootfs = True
+    assert b"refused" in log_text(run_to_exit(daemon, pod_id, pod_cfg, ro).log_path)
+    caps = container_config("caps", image, command=["grep", "CapEff", "/proc/self/status"])
+    caps.linux.security_context.capabilities.drop_capabilities.append("ALL")
+    caps.linux.security_context.capabilities.add_capabilities.append("NET_ADMIN")
+    assert log_text(run_to_exit(daemon, pod_id, pod_cfg, caps).log_path).split()[-1] == b"0000000000001000"
+
+
+def test_seccomp_runtime_default_blocks_a_syscall(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    config = container_config("sec", image, command=["sh", "-c", "mount -t tmpfs none /tmp && echo mounted || echo blocked"])
+    config.linux.security_context.capabilities.add_capabilities.append("SYS_ADMIN")
+    config.linux.security_context.seccomp.profile_type = pb.SecurityProfile.RuntimeDefault
+    assert b"blocked" in log_text(run_to_exit(daemon, pod_id, pod_cfg, config).log_path)
+    config = container_config("nosec", image, command=["sh", "-c", "mount -t tmpfs none /tmp && echo mounted || echo blocked"])
+    config.linux.security_context.capabilities.add_capabilities.append("SYS_ADMIN")
+    config.linux.security_context.seccomp.profile_type = pb.SecurityProfile.Unconfined
+    assert b"mounted" in log_text(run_to_exit(daemon, pod_id, pod_cfg, config).log_path)
+
+
+def test_bind_mounts(pod, tmp_path):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    host = tmp_path / "data"
+    host.mkdir()
+    (host / "in.txt").write_text("from host\n")
+    config = container_config("mnt", image, command=["sh", "-c", "cat /data/in.txt; echo written > /data/out.txt; touch /ro/x || echo ro"])
+    config.mounts.add(container_path="/data", host_path=str(host), propagation=pb.PROPAGATION_PRIVATE)
+    config.mounts.add(container_path="/ro", host_path=str(host), readonly=True)
+    s = run_to_exit(daemon, pod_id, pod_cfg, config)
+    assert log_text(s.log_path) == b"from host\nro\n"
+    assert (host / "out.txt").read_text() == "written\n"
+    bad = container_config("badmnt", image, command=["true"])
+    bad.mounts.add(container_path="/x", host_path=str(tmp_path / "absent"))
+    with pytest.raises(grpc.RpcError) as e:
+        create(daemon, pod_id, pod_cfg, bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absent" in e.value.details()
+
+
+def test_long_lines_and_binary_output(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    config = container_config("big", image, command=["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; printf '\\001\\002\\377\\n'"])
+    s = run_to_exit(daemon, pod_id, pod_cfg, config)
+    text = log_text(s.log_path)
+    assert text == b"x" * 1048576 + b"\n" + b"\x01\x02\xff\n"
+    tags = [r[2] for r in read_log(s.log_path)]
+    assert "P" in tags and tags[-1] == "F"
+
+
+def test_log_reopen_after_rename(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    cid = create(daemon, pod_id, pod_cfg, container_config("rot", image, command=["sh", "-c", "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.1; done"]))
+    start(daemon, cid)
+    path = status(daemon, cid).status.log_path
+    time.sleep(0.5)
+    os.rename(path, path + ".1")
+    daemon.runtime().ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=10)
+    time.sleep(0.5)
+    assert os.path.exists(path) and b"line" in log_text(path)
+    daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    with pytest.raises(grpc.RpcError) as e:
+        daemon.runtime().ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_list_filters_remove_and_retry(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    config = container_config("sleeper", image, command=["sleep", "30"], labels={"app": "s"})
+    cid = create(daemon, pod_id, pod_cfg, config)
+    assert create(daemon, pod_id, pod_cfg, config) == cid  # a retried create
+    different = container_config("sleeper", image, command=["sleep", "31"], labels={"app": "s"})
+    with pytest.raises(grpc.RpcError) as e:
+        create(daemon, pod_id, pod_cfg, different)
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    start(daemon, cid)
+    runtime = daemon.runtime()
+    f = pb.ContainerFilter(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING), pod_sandbox_id=pod_id[:12],
+                           label_selector={"app": "s"})
+    assert [c.id for c in runtime.ListContainers(pb.ListContainersRequest(filter=f), timeout=10).containers] == [cid]
+    assert runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(id=cid[:13])), timeout=10).containers[0].id == cid
+    info = json.loads(status(daemon, cid, verbose=True).info["info"])
+    assert info["pid"] > 0 and info["runtimeSpec"]["process"]["args"] == ["sleep", "30"]
+    for _ in range(2):
+        runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers == []
+    assert not os.path.exists(f"/proc/{info['pid']}")
+    assert os.listdir(os.path.join(daemon.run_dir, "containers")) == []
+
+
+def test_containers_survive_kill_9_and_exits_meanwhile_are_found(pushed_images, tmp_path):
+    d = Daemon()
+    network = TestNetwork(d.cni_conf_dir)
+    network.write()
+    try:
+        d.start()
+        image = pushed_images["busybox"].ref
+        d.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pod_cfg = pod_config(log_directory=str(tmp_path))
+        pod_id = run_pod(d, pod_cfg)
+        long = create(d, pod_id, pod_cfg, container_config("long", image, command=["sleep", "300"]))
+        short = create(d, pod_id, pod_cfg, container_config("short", image, command=["sh", "-c", "sleep 2; exit 7"]))
+        start(d, long)
+        start(d, short)
+        pid = json.loads(status(d, long, verbose=True).info["info"])["pid"]
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        time.sleep(3)  # "short" exits while nobody watches
+        assert os.path.exists(f"/proc/{pid}")
+        d.start()
+        assert status(d, long).status.state == pb.CONTAINER_RUNNING
+        s = wait_exited(d, short)
+        assert s.exit_code == 7 and s.finished_at > s.started_at
+        listed = d.runtime().ListContainers(pb.ListContainersRequest(), timeout=10).containers
+        assert sorted(c.id for c in listed) == sorted([long, short])
+        d.runtime().StopContainer(pb.StopContainerRequest(container_id=long, timeout=0), timeout=30)
+        assert status(d, long).status.exit_code == 137
+    finally:
+        remove_all_pods(d)
+        d.cleanup()
+        network.cleanup()
+
+
+def test_sigterm_to_daemon_leaves_containers_running(pod):
+    daemon, pod_id, pod_cfg, image, _ = pod
+    cid = create(daemon, pod_id, pod_cfg, container_config("keep", image, command=["sleep", "300"]))
+    start(daemon, cid)
+    pid = json.loads(status(daemon, cid, verbose=True).info["info"])["pid"]
+    daemon.stop(signal.SIGTERM)
+    assert os.path.exists(f"/proc/{pid}")
+    daemon.start()
+    assert status(daemon, cid).status.state == pb.CONTAINER_RUNNING
