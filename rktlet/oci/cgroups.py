@@ -428,3 +428,14 @@ def add_process(layout: Layout, path: str, pid: int) -> None:
             _write(target, str(int(pid)))
         except OSError as e:
             raise RuntimeFailure(f"add pid {pid} to {target}: {os.strerror(e.errno or 0)}") from e
+
+
+def existing(layout: Layout, path: str) -> list[str]:
+    """The directories of cgroup *path* that exist, in every hierarchy
+    :func:`ensure` creates it in (for undoing an ``ensure`` whose result was
+    lost, e.g. in a crash)."""
+    path = validate_path(path)
+    roots = _hierarchies(layout)
+    if layout.mode == "hybrid" and layout.unified:
+        roots.append(layout.unified)
+    return [d for d in (_join(root, path) for root in roots) if os.path.isdir(d)]

@@ -128,6 +128,10 @@ class SandboxManager:
         """Undo sandboxes a crash left in CREATING."""
         for sb in half_made:
             log.warn("undoing pod sandbox {id} ({key}) left half-made by a crash", id=sb.id, key=sb.key)
+            if not sb.created_cgroups and sb.cgroup_parent == f"{DEFAULT_CGROUP_ROOT}/{sb.id}":
+                # The crash came before the cgroups made were recorded; a
+                # cgroup under rktlet's own root is this pod's alone.
+                sb.created_cgroups = cgroups.existing(self._cgroups, sb.cgroup_parent)
             try:
                 await self._teardown(sb, remove=True)
             except Exception as e:
@@ -251,7 +255,10 @@ class SandboxManager:
         started = time.monotonic()
         try:
             await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
-            sb.created_cgroups = await self._in_thread(cgroups.ensure, self._cgroups, sb.cgroup_parent)
+            created = await self._in_thread(cgroups.ensure, self._cgroups, sb.cgroup_parent)
+            # Only the pod's own level is the pod's: ancestors made on the way
+            # (e.g. /rktlet) are shared with other pods and stay.
+            sb.created_cgroups = [d for d in created if d.endswith(sb.cgroup_parent.rstrip("/"))]
             if sb.netns:
                 result = await self._cni.add(self._attachment(sb))
                 sb.network_attached = True

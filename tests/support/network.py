@@ -113,8 +113,21 @@ class HostNetworkState:
         with open("/proc/sys/net/ipv4/ip_forward") as f:
             self.ip_forward = f.read().strip()
         self.chains = {tool: nat_chains(tool) & set(SHARED_CHAINS) for tool in NAT_TOOLS}
+        from rktlet.oci import cgroups
+
+        self._layout = cgroups.detect()
+        self.cgroup_root = cgroups.existing(self._layout, "/rktlet")
 
     def restore(self) -> None:
+        from rktlet.oci import cgroups
+
+        # rktlet's own cgroup root, made by the tests' pods, goes if it is
+        # empty and was not there before.
+        if not self.cgroup_root:
+            try:
+                cgroups.remove([d for d in cgroups.existing(self._layout, "/rktlet") if not _has_children(d)])
+            except Exception:
+                pass
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write(self.ip_forward)
         for tool in NAT_TOOLS:
@@ -127,3 +140,7 @@ class HostNetworkState:
 def ping(ip: str) -> bool:
     """One ICMP echo to *ip* (a pod on the test bridge) answered within 2 s."""
     return subprocess.run(["busybox", "ping", "-c1", "-W2", ip], capture_output=True).returncode == 0
+
+
+def _has_children(cgroup_dir: str) -> bool:
+    return any(os.path.isdir(os.path.join(cgroup_dir, n)) for n in os.listdir(cgroup_dir))
