@@ -20,37 +20,23 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 
 from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
+from rktlet.process import OUTPUT_LIMIT, ProcessOutput, run_process
 
 log = logger("rktlet.network.cni")
 
-#: Plugins answer with a few KiB; more than this is a broken plugin, and
-#: keeping it all would let one fill the daemon's memory.
-OUTPUT_LIMIT = 1 << 20
+# Plugins answer with a few KiB; more than OUTPUT_LIMIT is a broken plugin,
+# and keeping it all would let one fill the daemon's memory.
 
 #: Used when the daemon's own environment has no PATH: plugins run tools
 #: (iptables, ip) found through it.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True)
-class PluginOutput:
-    """What a finished plugin process left behind.
-
-    :ivar exit_code: the exit status, or None when a signal ended it.
-    :ivar timed_out: rktlet killed it because it ran past its timeout.
-    """
-
-    stdout: bytes
-    stderr: bytes
-    exit_code: int | None
-    signal: int | None
-    timed_out: bool
+# What a finished plugin process left behind.
+PluginOutput = ProcessOutput
 
 
 class PluginError(RuntimeFailure):
@@ -105,80 +91,13 @@ class IncompatibleVersion(PluginError):
         )
 
 
-class _PluginProcess(ProcessProtocol):
-    """Feeds the configuration to the plugin's stdin and collects its output."""
-
-    def __init__(self, reactor: Any, stdin: bytes, timeout: float) -> None:
-        self.done: Deferred[PluginOutput] = Deferred(self._cancel)
-        self._reactor = reactor
-        self._stdin = stdin
-        self._timeout = timeout
-        self._timer: Any = None
-        self._out = bytearray()
-        self._err = bytearray()
-        self._timed_out = False
-
-    def connectionMade(self) -> None:
-        self._timer = self._reactor.callLater(self._timeout, self._expire)
-        self.transport.write(self._stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        if len(self._out) < OUTPUT_LIMIT:
-            self._out += data[: OUTPUT_LIMIT - len(self._out)]
-
-    def errReceived(self, data: bytes) -> None:
-        if len(self._err) < OUTPUT_LIMIT:
-            self._err += data[: OUTPUT_LIMIT - len(self._err)]
-
-    def _kill(self) -> None:
-        try:
-            self.transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
-        # A child of the plugin (say, a shell's `sleep`) may hold the pipes
-        # open after the plugin is dead; closing our ends means we only wait
-        # for the plugin itself to be reaped.
-        self.transport.loseConnection()
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._timed_out = True
-        self._kill()
-
-    def _cancel(self, _: Deferred) -> None:
-        # The caller gave up (e.g. the CRI request was abandoned): the
-        # plugin must not keep running unobserved.  The Deferred then fails
-        # with CancelledError.
-        self._kill()
-
-    def processEnded(self, reason: Failure) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.done.called:  # cancelled meanwhile
-            return
-        self.done.callback(
-            PluginOutput(
-                stdout=bytes(self._out),
-                stderr=bytes(self._err),
-                exit_code=getattr(reason.value, "exitCode", None),
-                signal=getattr(reason.value, "signal", None),
-                timed_out=self._timed_out,
-            )
-        )
-
-
 def spawn_plugin(reactor: Any, path: str, env: Mapping[str, str], stdin: bytes, timeout: float) -> Deferred[PluginOutput]:
     """Run the plugin at *path* with exactly *env* and *stdin*.
 
     :return: a Deferred firing with the :class:`PluginOutput` once the
         process has ended (cancelling it kills the plugin).
     """
-    proto = _PluginProcess(reactor, stdin, timeout)
-    # No cwd: with the daemon's own, Twisted can use posix_spawn rather than fork.
-    reactor.spawnProcess(proto, path, [path], env=dict(env))
-    return proto.done
+    return run_process(reactor, [path], env, stdin, timeout, OUTPUT_LIMIT)
 
 
 def plugin_env(

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rktlet.errors import InvalidArgument, RuntimeFailure
+from rktlet.mountinfo import unescape as unescape_mountinfo
 
 __all__ = [
     "Layout",
@@ -76,22 +77,6 @@ class Layout:
 # Detection
 # ---------------------------------------------------------------------------
 
-def _unescape(text: str) -> str:
-    r"""Undo mountinfo's octal escapes (``\040`` for a space, ...)."""
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        chunk = text[i + 1:i + 4]
-        if text[i] == "\\" and len(chunk) == 3 and chunk.isdigit():
-            out.append(chr(int(chunk, 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
 def layout_from_mountinfo(text: str) -> Layout:
     """The cgroup :class:`Layout` described by the text of a mountinfo file.
 
@@ -113,8 +98,8 @@ def layout_from_mountinfo(text: str) -> Layout:
         if len(fields) < sep + 2:
             continue
         fstype = fields[sep + 1]
-        root = _unescape(fields[3])
-        mount_point = _unescape(fields[4])
+        root = unescape_mountinfo(fields[3])
+        mount_point = unescape_mountinfo(fields[4])
         at_root = root == "/"
         if fstype == "cgroup":
             superopts = fields[sep + 3].split(",") if len(fields) > sep + 3 else []

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from rktlet.errors import InvalidArgument, RuntimeFailure
+from rktlet.mountinfo import unescape as unescape_mountinfo
 
 __all__ = [
     "KINDS",
@@ -309,22 +310,6 @@ def _in_fresh_thread(fn: Callable[[], T], name: str) -> T:
 # Mount table
 # ---------------------------------------------------------------------------
 
-def _unescape_mountinfo(field: str) -> str:
-    r"""Undo the octal escapes (``\040`` for space, ...) of a mountinfo path."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        chunk = field[i + 1:i + 4]
-        if field[i] == "\\" and len(chunk) == 3 and chunk.isdigit():
-            out.append(chr(int(chunk, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def _mounts_at(path: str) -> list[str]:
     """File-system types mounted at *path* (oldest first), from our mountinfo."""
     found = []
@@ -335,7 +320,7 @@ def _mounts_at(path: str) -> list[str]:
                 sep = fields.index("-")
             except ValueError:
                 continue
-            if len(fields) > sep + 1 and _unescape_mountinfo(fields[4]) == path:
+            if len(fields) > sep + 1 and unescape_mountinfo(fields[4]) == path:
                 found.append(fields[sep + 1])
     return found
 

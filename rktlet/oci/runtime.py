@@ -20,13 +20,9 @@ import re
 import shutil
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
-
 from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
+from rktlet.process import run_process
 
 __all__ = ["OCIRuntime", "clean_message", "is_absent", "is_not_running"]
 
@@ -108,60 +104,6 @@ def is_not_running(message: str) -> bool:
     return any(s in lowered for s in ("not running", "process already finished", "no such process"))
 
 
-class _RuntimeProcess(ProcessProtocol):
-    """Feeds *stdin* to one runtime process and collects its output."""
-
-    def __init__(self, reactor: Any, stdin: bytes, timeout: float) -> None:
-        self.done: Deferred[tuple[int | None, bytes, bytes, bool]] = Deferred(self._cancel)
-        self._reactor = reactor
-        self._stdin = stdin
-        self._timeout = timeout
-        self._timer: Any = None
-        self._out = bytearray()
-        self._err = bytearray()
-        self._timed_out = False
-
-    def connectionMade(self) -> None:
-        self._timer = self._reactor.callLater(self._timeout, self._expire)
-        if self._stdin:
-            self.transport.write(self._stdin)
-        self.transport.closeStdin()
-
-    def outReceived(self, data: bytes) -> None:
-        if len(self._out) < OUTPUT_LIMIT:
-            self._out += data[: OUTPUT_LIMIT - len(self._out)]
-
-    def errReceived(self, data: bytes) -> None:
-        if len(self._err) < OUTPUT_LIMIT:
-            self._err += data[: OUTPUT_LIMIT - len(self._err)]
-
-    def _kill(self) -> None:
-        try:
-            self.transport.signalProcess("KILL")
-        except ProcessExitedAlready:
-            pass
-        # A grandchild (a hook, say) may hold the pipes: stop waiting for them.
-        self.transport.loseConnection()
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._timed_out = True
-        self._kill()
-
-    def _cancel(self, _: Deferred) -> None:
-        # The caller gave up: runc must not keep running unobserved.
-        self._kill()
-
-    def processEnded(self, reason: Failure) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self.done.called:  # cancelled meanwhile
-            return
-        code = getattr(reason.value, "exitCode", None)
-        self.done.callback((code, bytes(self._out), bytes(self._err), self._timed_out))
-
-
 class OCIRuntime:
     """Drives one OCI runtime binary with one state directory.
 
@@ -196,20 +138,17 @@ class OCIRuntime:
         """
         argv = [self.binary, *self.global_args, *args]
         what = " ".join([os.path.basename(self.binary), *args[:1]])
-        proto = _RuntimeProcess(self._reactor, stdin, self.timeout)
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
         try:
-            # No cwd: Twisted then uses posix_spawn rather than fork.
-            self._reactor.spawnProcess(proto, self.binary, argv, env=env)
+            output = await run_process(self._reactor, argv, env, stdin, self.timeout, OUTPUT_LIMIT)
         except OSError as e:
             raise RuntimeFailure(f"{what}: cannot run {self.binary}: {os.strerror(e.errno or 0)}") from e
-        code, out, err, timed_out = await proto.done
-        if timed_out:
+        if output.timed_out:
             raise RuntimeFailure(f"{what}: timed out after {self.timeout:g}s; killed")
-        if code is None:
-            detail = clean_message(err)
+        if output.exit_code is None:
+            detail = clean_message(output.stderr)
             raise RuntimeFailure(f"{what}: killed by a signal" + (f": {detail}" if detail else ""))
-        return code, out, err
+        return output.exit_code, output.stdout, output.stderr
 
     async def _check(self, *args: str, stdin: bytes = b"") -> tuple[int, bytes, str]:
         """:meth:`run`, plus runc's cleaned message (empty on success)."""

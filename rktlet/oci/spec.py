@@ -35,6 +35,7 @@ from rktlet.oci.container_config import (
 )
 from rktlet.oci.namespaces import sysctl_namespace
 from rktlet.oci.seccomp import default_profile, load_localhost
+from rktlet.mountinfo import unescape as unescape_mountinfo
 
 __all__ = [
     "OCI_VERSION",
@@ -308,28 +309,12 @@ def _mount_of(path: str, mountinfo: str) -> tuple[str, list[str]] | None:
         fields = line.split()
         if len(fields) < 7 or "-" not in fields[6:]:
             continue
-        point = _unescape(fields[4])
+        point = unescape_mountinfo(fields[4])
         inside = path == point or point == "/" or path.startswith(point.rstrip("/") + "/")
         # Later lines are newer mounts: at the same point they are on top.
         if inside and (best is None or len(point) >= len(best[0])):
             best = (point, fields[6:fields.index("-", 6)])
     return best
-
-
-def _unescape(text: str) -> str:
-    r"""Undo mountinfo's octal escapes (``\040`` is a space)."""
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        chunk = text[i + 1:i + 4]
-        if text[i] == "\\" and len(chunk) == 3 and chunk.isdigit():
-            out.append(chr(int(chunk, 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 def _check_propagation(host_path: str, propagation: str, host: HostInfo, notes: list[str]) -> None:

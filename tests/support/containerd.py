@@ -15,7 +15,8 @@ configuration says (shim sockets, runc state). Image operations leave nothing
 there; pod sandboxes do, while they exist: one ``containerd-shim-runc-v2``
 per sandbox (started by containerd but reparented away from it, so found by
 the ``-address`` of *this* instance's socket on its command line, see
-:meth:`Containerd.shim_pids`), its socket under ``/run/containerd/s`` and the
+:meth:`Containerd.shim_pids`; :meth:`Containerd.shim_tree` adds each shim's
+pause and container processes), its socket under ``/run/containerd/s`` and the
 runc state under ``/run/containerd/runc``. Sandboxes also pin their network
 namespace under ``/run/netns`` (``cni-…``).
 
@@ -462,6 +463,17 @@ class Containerd:
                 if _arg(argv, "-address") == self.socket and _alive(int(name)):
                     found.append(int(name))
         return sorted(found)
+
+    def shim_tree(self) -> dict[int, set[int]]:
+        """``{shim pid: pids of its live descendants}`` for every shim of
+        this instance: a sandbox's pause process and its containers'
+        processes are the children of the sandbox's shim (containerd's runc
+        v2 shim serves every container of one sandbox)."""
+        shims = self.shim_pids()
+        if not shims:
+            return {}
+        parents = _parent_pids()
+        return {shim: {p for p in descendants([shim], parents) if _alive(p)} for shim in shims}
 
     def remove_all_pods(self, timeout: float = 30.0) -> list[str]:
         """Stop and remove every container and pod sandbox through the CRI.

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from rktlet.mountinfo import unescape
 from rktlet.errors import InvalidArgument
 from rktlet.oci import namespaces
 from rktlet.oci.namespaces import create_pinned, parse_net_dev, sysctl_namespace, sysctl_path
@@ -170,6 +171,6 @@ def test_parse_net_dev():
 
 
 def test_mountinfo_unescape():
-    assert namespaces._unescape_mountinfo(r"/run/a\040b") == "/run/a b"
-    assert namespaces._unescape_mountinfo(r"/run/x\134y") == "/run/x\\y"
-    assert namespaces._unescape_mountinfo("/plain") == "/plain"
+    assert unescape(r"/run/a\040b") == "/run/a b"
+    assert unescape(r"/run/x\134y") == "/run/x\\y"
+    assert unescape("/plain") == "/plain"
