@@ -295,6 +295,7 @@ class ContainerManager:
                 monitor = await conmon.create(c.id, c.bundle, c.log_path, tty=c.tty, stdin=c.stdin,
                                               stdin_once=c.stdin_once, cgroup=into_pod_cgroup)
                 c.conmon_pid, c.container_pid = monitor.conmon_pid, monitor.container_pid
+                started_at = time.time_ns()  # the app cannot run before runc start is asked
                 await runtime.start(c.id)
             except RktletError as e:
                 # conmon cleans up after a failed create; after a failed start
@@ -307,7 +308,7 @@ class ContainerManager:
                 c.finished_at = time.time_ns()
                 self._store.save(c)
                 raise
-            c.state, c.started_at = RUNNING, time.time_ns()
+            c.state, c.started_at = RUNNING, started_at
             self._store.save(c)
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
@@ -330,7 +331,9 @@ class ContainerManager:
         monitor.exited.addCallbacks(ended, failed)
 
     def _record_exit(self, c: Container, exit_code: int, finished_at: int, oom: bool, message: str = "") -> None:
-        c.state, c.exit_code, c.finished_at = EXITED, exit_code, finished_at
+        # The exit file's mtime is coarse (the kernel's jiffy clock): a quick
+        # exit may look earlier than the start; the kubelet wants order.
+        c.state, c.exit_code, c.finished_at = EXITED, exit_code, max(finished_at, c.started_at)
         c.reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
         c.message = message
         self._store.save(c)
