@@ -4,12 +4,12 @@ answer UNIMPLEMENTED (see ``dispatch.py``)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import grpc
 
 from rktlet.cri.proto import pb
-from rktlet.cri.servicer import Servicer
+from rktlet.cri.servicer import Servicer, paged
 from rktlet.errors import InvalidArgument
 from rktlet.image.registry import Credentials
 
@@ -49,14 +49,20 @@ class ImageService(Servicer):
         record = self._on_reactor(context, self._engine.images.pull, name, credentials)
         return pb.PullImageResponse(image_ref=record.id)
 
-    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
-        wanted = request.filter.image.image
+    def _images(self, f: pb.ImageFilter, context: grpc.ServicerContext) -> list[pb.Image]:
+        wanted = f.image.image
         if wanted:
             record = self._on_reactor(context, self._engine.images.find, wanted)
             records = [record] if record is not None else []
         else:
             records = self._on_reactor(context, self._engine.images.list)
-        return pb.ListImagesResponse(images=[image_to_cri(r) for r in records])
+        return [image_to_cri(r) for r in records]
+
+    def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
+        return pb.ListImagesResponse(images=self._images(request.filter, context))
+
+    def StreamImages(self, request: pb.StreamImagesRequest, context: grpc.ServicerContext) -> Iterator[pb.StreamImagesResponse]:
+        return paged(self._images(request.filter, context), lambda page: pb.StreamImagesResponse(images=page))
 
     def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
         name = _image_name(request.image, "image")

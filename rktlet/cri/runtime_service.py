@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Iterator
 
 import grpc
 
 from rktlet.cri import container_convert, sandbox_convert
 from rktlet.cri.proto import pb
-from rktlet.cri.servicer import Servicer
+from rktlet.cri.servicer import Servicer, paged
+from rktlet.errors import Unimplemented
 
 _CGROUP_DRIVERS = {"cgroupfs": pb.CGROUPFS, "systemd": pb.SYSTEMD}
+_NO_CHECKPOINTS = (
+    "rktlet does not implement runtime.v1.RuntimeService/{rpc}: checkpoint and restore need CRIU, "
+    "which rktlet does not drive"
+)
+_EVENT_TYPES = {
+    "created": pb.CONTAINER_CREATED_EVENT,
+    "started": pb.CONTAINER_STARTED_EVENT,
+    "stopped": pb.CONTAINER_STOPPED_EVENT,
+    "deleted": pb.CONTAINER_DELETED_EVENT,
+}
 
 
 class RuntimeService(Servicer):
@@ -86,11 +98,19 @@ class RuntimeService(Servicer):
             response.info["info"] = json.dumps(info)
         return response
 
-    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
-        f = request.filter
+    def _pod_sandboxes(self, f: pb.PodSandboxFilter, context: grpc.ServicerContext) -> list[pb.PodSandbox]:
         state = sandbox_convert.STATE_NAMES[f.state.state] if f.HasField("state") else None
         sandboxes = self._on_reactor(context, self._engine.sandboxes.list, f.id, state, dict(f.label_selector))
-        return pb.ListPodSandboxResponse(items=[sandbox_convert.sandbox_summary(s) for s in sandboxes])
+        return [sandbox_convert.sandbox_summary(s) for s in sandboxes]
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
+        return pb.ListPodSandboxResponse(items=self._pod_sandboxes(request.filter, context))
+
+    def StreamPodSandboxes(
+        self, request: pb.StreamPodSandboxesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamPodSandboxesResponse]:
+        items = self._pod_sandboxes(request.filter, context)
+        return paged(items, lambda page: pb.StreamPodSandboxesResponse(pod_sandboxes=page))
 
     # -- containers ------------------------------------------------------------
 
@@ -116,13 +136,35 @@ class RuntimeService(Servicer):
         self._on_reactor(context, self._engine.containers.remove, request.container_id)
         return pb.RemoveContainerResponse()
 
-    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
-        f = request.filter
+    def _containers(self, f: pb.ContainerFilter, context: grpc.ServicerContext) -> list[pb.Container]:
         state = container_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
         containers = self._on_reactor(
             context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, dict(f.label_selector)
         )
-        return pb.ListContainersResponse(containers=[container_convert.container_summary(c) for c in containers])
+        return [container_convert.container_summary(c) for c in containers]
+
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=self._containers(request.filter, context))
+
+    def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamContainersResponse]:
+        items = self._containers(request.filter, context)
+        return paged(items, lambda page: pb.StreamContainersResponse(containers=page))
+
+    def GetContainerEvents(self, request: pb.GetEventsRequest, context: grpc.ServicerContext) -> Iterator[pb.ContainerEventResponse]:
+        subscription = self._on_reactor(context, self._engine.containers.events.subscribe)
+        context.add_callback(subscription.close)
+        for event in subscription:
+            response = pb.ContainerEventResponse(
+                container_id=event.container_id,
+                container_event_type=_EVENT_TYPES[event.kind],
+                created_at=event.created_at,
+                containers_statuses=[container_convert.container_status(c) for c in event.containers],
+            )
+            if event.sandbox is not None:
+                response.pod_sandbox_status.CopyFrom(sandbox_convert.sandbox_status(event.sandbox))
+            yield response
 
     def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
         def lookup():
@@ -147,3 +189,23 @@ class RuntimeService(Servicer):
     ) -> pb.ReopenContainerLogResponse:
         self._on_reactor(context, self._engine.containers.reopen_log, request.container_id)
         return pb.ReopenContainerLogResponse()
+
+    def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: grpc.ServicerContext
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        resources = self._on_reactor(
+            context, self._engine.containers.linux_resources, container_convert.resources(request.resources)
+        )
+        self._on_reactor(context, self._engine.sandboxes.update_resources, request.pod_sandbox_id, resources)
+        return pb.UpdatePodSandboxResourcesResponse()
+
+    # -- checkpointing: needs CRIU, which rktlet does not drive ------------------
+
+    def CheckpointContainer(self, request: pb.CheckpointContainerRequest, context: grpc.ServicerContext) -> None:
+        raise Unimplemented(_NO_CHECKPOINTS.format(rpc="CheckpointContainer"))
+
+    def CheckpointPod(self, request: pb.CheckpointPodRequest, context: grpc.ServicerContext) -> None:
+        raise Unimplemented(_NO_CHECKPOINTS.format(rpc="CheckpointPod"))
+
+    def RestorePod(self, request: pb.RestorePodRequest, context: grpc.ServicerContext) -> None:
+        raise Unimplemented(_NO_CHECKPOINTS.format(rpc="RestorePod"))

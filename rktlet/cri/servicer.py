@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -30,3 +30,15 @@ class Servicer:
         if remaining is not None and remaining > _UNBOUNDED:
             remaining = None
         return self._bridge.call(fn, *args, timeout=remaining, **kwargs)
+
+
+# Items per message of the Stream* RPCs: bounded pages of what the List*
+# twins return in one message.
+PAGE_SIZE = 200
+
+
+def paged(items: list, make: Callable[[list], Any]) -> Iterator[Any]:
+    """*items* as a sequence of responses of at most PAGE_SIZE items each
+    (one empty response when there are none)."""
+    for start in range(0, max(len(items), 1), PAGE_SIZE):
+        yield make(items[start : start + PAGE_SIZE])

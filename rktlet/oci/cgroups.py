@@ -424,3 +424,56 @@ def existing(layout: Layout, path: str) -> list[str]:
     if layout.mode == "hybrid" and layout.unified:
         roots.append(layout.unified)
     return [d for d in (_join(root, path) for root in roots) if os.path.isdir(d)]
+
+
+def _cpu_weight(shares: int) -> int:
+    # The kernel's documented v1 shares → v2 weight conversion.
+    return 1 + ((max(2, min(shares, 262144)) - 2) * 9999) // 262142
+
+
+def apply_resources(layout: Layout, path: str, resources: dict) -> list[str]:
+    """Write OCI ``linux.resources`` (cpu shares/quota/period/cpus/mems,
+    memory limit) into cgroup *path* — a pod's cgroup, which runc never
+    manages. Returns the files written.
+
+    :raises RuntimeFailure: naming the file the kernel refused.
+    """
+    path = validate_path(path)
+    cpu = resources.get("cpu") or {}
+    memory = resources.get("memory") or {}
+    writes: list[tuple[str, str]] = []
+    if layout.mode == "v2":
+        base = _join(layout.unified or "", path)
+        if cpu.get("shares"):
+            writes.append((os.path.join(base, "cpu.weight"), str(_cpu_weight(cpu["shares"]))))
+        if cpu.get("quota") or cpu.get("period"):
+            quota = cpu.get("quota") or -1
+            writes.append((os.path.join(base, "cpu.max"), f"{'max' if quota < 0 else quota} {cpu.get('period') or 100000}"))
+        for key in ("cpus", "mems"):
+            if cpu.get(key):
+                writes.append((os.path.join(base, f"cpuset.{key}"), cpu[key]))
+        if memory.get("limit"):
+            writes.append((os.path.join(base, "memory.max"), str(memory["limit"])))
+    else:
+        def v1(controller: str, name: str, value: object) -> None:
+            root = layout.v1.get(controller)
+            if root:
+                writes.append((os.path.join(_join(root, path), name), str(value)))
+
+        if cpu.get("shares"):
+            v1("cpu", "cpu.shares", cpu["shares"])
+        if cpu.get("period"):
+            v1("cpu", "cpu.cfs_period_us", cpu["period"])
+        if cpu.get("quota"):
+            v1("cpu", "cpu.cfs_quota_us", cpu["quota"])
+        for key in ("cpus", "mems"):
+            if cpu.get(key):
+                v1("cpuset", f"cpuset.{key}", cpu[key])
+        if memory.get("limit"):
+            v1("memory", "memory.limit_in_bytes", memory["limit"])
+    for file, value in writes:
+        try:
+            _write(file, value)
+        except OSError as e:
+            raise RuntimeFailure(f"set {file} to {value}: {os.strerror(e.errno or 0)}") from None
+    return [file for file, _ in writes]

@@ -29,7 +29,9 @@ from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodConte
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
 from rktlet.pod import ids
+from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
+from rktlet.pod.events import EventHub
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
@@ -54,6 +56,7 @@ class ContainerManager:
     :param runtimes: handler name → :class:`OCIRuntime`.
     :param conmons: handler name → :class:`Conmon`.
     :param cgroup_layout: the host's cgroup layout.
+    :param events: where lifecycle events are published.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class ContainerManager:
         runtimes: dict[str, OCIRuntime],
         conmons: dict[str, Conmon],
         cgroup_layout: cgroups.Layout,
+        events: EventHub | None = None,
     ) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
@@ -79,6 +83,7 @@ class ContainerManager:
         self._runtimes = runtimes
         self._conmons = conmons
         self._cgroups = cgroup_layout
+        self.events = events or EventHub()
         self.containers: dict[str, Container] = {}
         self._by_key: dict[str, str] = {}
         self._monitors: dict[str, Monitor] = {}
@@ -123,6 +128,11 @@ class ContainerManager:
     def layers_in_use(self) -> list[str]:
         """The image layers containers use (kept by image garbage collection)."""
         return [chain for c in self.containers.values() for chain in c.chain_ids]
+
+    def _publish(self, kind: str, c: Container) -> None:
+        sb = self._sandboxes.find(c.sandbox_id)
+        pod_containers = [x for x in self.containers.values() if x.sandbox_id == c.sandbox_id]
+        self.events.publish(kind, c, sb, pod_containers, time.time_ns())
 
     # -- lookups -----------------------------------------------------------------
 
@@ -227,6 +237,7 @@ class ContainerManager:
             await self._in_thread(self._remove_files, c)
             raise
         log.info("container {id} ({name}) created in pod {pod}", id=container_id, name=config.name, pod=sb.id)
+        self._publish(event_kinds.CREATED, c)
         return c
 
     def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
@@ -312,6 +323,7 @@ class ContainerManager:
             self._store.save(c)
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
+            self._publish(event_kinds.STARTED, c)
             return c
         finally:
             lock.release()
@@ -338,6 +350,7 @@ class ContainerManager:
         c.message = message
         self._store.save(c)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
+        self._publish(event_kinds.STOPPED, c)
 
     # -- StopContainer / RemoveContainer ----------------------------------------------------
 
@@ -402,6 +415,7 @@ class ContainerManager:
                 del self._by_key[c.key]
             self._locks.pop(c.id, None)
             log.info("container {id} ({name}) removed", id=c.id, name=c.name)
+            self._publish(event_kinds.DELETED, c)
         finally:
             lock.release()
 
@@ -432,6 +446,13 @@ class ContainerManager:
         await self._runtimes[sb.handler].update(c.id, resources)
         c.resources.update(resources)
         self._store.save(c)
+
+    def linux_resources(self, wanted: Resources) -> dict[str, Any]:
+        """OCI ``linux.resources`` for CRI resources, as this host allows them."""
+        resources, notes = linux_resources(wanted, self._host)
+        for note in notes:
+            log.info("resources: {note}", note=note)
+        return resources
 
     def reopen_log(self, id_or_prefix: str) -> None:
         """ReopenContainerLog: conmon reopens the log file (after the

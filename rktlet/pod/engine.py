@@ -21,6 +21,7 @@ from rktlet.config import Config
 from rktlet.errors import InvalidArgument
 from rktlet.fsutil import read_json, write_json_atomic
 from rktlet.network.cni_config import Readiness, check_readiness
+from rktlet.pod import versions
 
 log = logs.logger("rktlet.pod.engine")
 
@@ -72,6 +73,7 @@ class Engine:
         self.containers = containers
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
         self.pod_cidrs: tuple[str, ...] = ()
+        self.versions: dict[str, Any] = {}
 
     def load(self) -> None:
         """Read persisted state (once, at start-up, before serving: blocking
@@ -88,10 +90,21 @@ class Engine:
                 )
         if self.containers is not None:
             self.containers.load()
+        self._reactor.callWhenRunning(self._collect_versions)
         if self.images is not None:
             leftovers = self.images.load()
             if any(leftovers):
                 self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
+
+    def _collect_versions(self) -> Deferred:
+        async def collect() -> None:
+            self.versions = await versions.collect(
+                self._reactor, self.config.handlers, self.config.cni_bin_dir
+            )
+
+        d = Deferred.fromCoroutine(collect())
+        d.addErrback(lambda f: log.failure("collecting program versions failed", failure=f))
+        return d
 
     def close(self) -> Deferred | None:
         """Release what the engine holds open (pooled registry connections)."""
@@ -118,11 +131,24 @@ class Engine:
             Condition("NetworkReady", network.ready, network.reason, network.message),
         ]
 
-    def status_info(self) -> dict[str, Any]:
+    async def status_info(self) -> dict[str, Any]:
         """What ``Status(verbose=true)`` adds, one JSON object per key: the
-        effective configuration, what the kubelet told us at run time, and
-        the image pulls in flight with their per-layer progress."""
-        info: dict[str, Any] = {"config": self.config.as_dict(), "runtimeConfig": {"podCIDRs": list(self.pod_cidrs)}}
+        effective configuration, what the kubelet told us at run time, the
+        handlers, the CNI configuration in use, the versions of the programs
+        rktlet runs, and the image pulls in flight with per-layer progress."""
+        network: Readiness = await self.network_readiness()
+        info: dict[str, Any] = {
+            "cni": {
+                "confDir": self.config.cni_conf_dir,
+                "binDirs": list(self.config.cni_bin_dir),
+                "path": network.network.path if network.network else None,
+                "config": network.network.as_json() if network.network else None,
+            },
+            "config": self.config.as_dict(),
+            "runtimeConfig": {"podCIDRs": list(self.pod_cidrs)},
+            "runtimeHandlers": self.config.handlers,
+            "versions": self.versions,
+        }
         if self.images is not None:
             info["imagePulls"] = self.images.pulls_info()
         return info

@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThreadPool
 from rktlet import logs
 from rktlet.config import Config
 from rktlet.deferutil import Shared
-from rktlet.errors import AlreadyExists, InvalidArgument, NotFound, RktletError
+from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError
 from rktlet.fsutil import write_atomic
 from rktlet.network import dns
 from rktlet.network.cni import CNI, Attachment, PortMapping
@@ -401,6 +401,15 @@ class SandboxManager:
             if sb.shm:
                 mounts.unmount(sb.shm)
             shutil.rmtree(sb.dir, ignore_errors=True)
+
+    async def update_resources(self, id_or_prefix: str, resources: dict[str, Any]) -> None:
+        """UpdatePodSandboxResources: write pod-level limits (OCI
+        ``linux.resources``) into the pod's cgroup."""
+        sb = self.get(id_or_prefix)
+        if sb.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
+        written = await self._in_thread(cgroups.apply_resources, self._cgroups, sb.cgroup_parent, resources)
+        log.info("pod sandbox {id}: resources set ({files})", id=sb.id, files=", ".join(written) or "nothing to set")
 
     # -- reporting ------------------------------------------------------------------
 

@@ -318,3 +318,17 @@ def _ignore_errors(fn, *args, **kwargs):
         fn(*args, **kwargs)
     except Exception:
         pass
+
+
+def test_update_pod_sandbox_resources_sets_pod_cgroup_limits(daemon, test_network):
+    sandbox_id = run_pod(daemon, pod_config())
+    request = pb.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=sandbox_id,
+        resources=pb.LinuxContainerResources(memory_limit_in_bytes=256 * 1024 * 1024, cpu_shares=512),
+    )
+    daemon.runtime().UpdatePodSandboxResources(request, timeout=10)
+    cgroup = json.loads(pod_status(daemon, sandbox_id, verbose=True).info["info"])["cgroupParent"]
+    with open(f"/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes") as f:
+        assert int(f.read()) == 256 * 1024 * 1024
+    with open(f"/sys/fs/cgroup/cpu{cgroup}/cpu.shares") as f:
+        assert int(f.read()) == 512

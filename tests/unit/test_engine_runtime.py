@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from rktlet import config
 from rktlet.errors import InvalidArgument
@@ -24,8 +25,14 @@ class InlineThreads:
 
 
 class ImmediateReactor:
+    def __init__(self):
+        self.when_running = []
+
     def callFromThread(self, fn, *args, **kwargs):
         fn(*args, **kwargs)
+
+    def callWhenRunning(self, fn, *args, **kwargs):
+        self.when_running.append((fn, args, kwargs))  # start-up work is not this test's
 
 
 @pytest.fixture
@@ -59,6 +66,9 @@ def test_pod_cidr_is_validated_and_persisted(engine, tmp_path):
     again = Engine(engine.config, ImmediateReactor(), InlineThreads())
     again.load()
     assert again.pod_cidrs == ("10.244.0.0/24", "fd00:10::/64")
-    assert again.status_info()["runtimeConfig"]["podCIDRs"] == ["10.244.0.0/24", "fd00:10::/64"]
+    infos = []
+    Deferred.fromCoroutine(again.status_info()).addCallback(infos.append)
+    assert infos[0]["runtimeConfig"]["podCIDRs"] == ["10.244.0.0/24", "fd00:10::/64"]
+    assert infos[0]["cni"]["config"] is None
 
 
