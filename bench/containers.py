@@ -47,6 +47,7 @@ left out. The daemons' RSS growth is given beside it.
 Run it as root from the repository root with the test extras installed::
 
     sudo .venv/bin/python bench/containers.py [--containers 20] [--runtime rktlet] [--json]
+    sudo .venv/bin/python bench/containers.py --runtime rktlet --rktlet-log-level debug --rktlet-log /tmp/rktlet.log
 
 Progress goes to stderr. Exit status 1 when a runtime failed (errors listed),
 2 when something it needs is missing, 0 otherwise whether or not the goals are
@@ -375,7 +376,6 @@ class Runtime:
         self.roles = roles
         self._cleanup = cleanup
         self.log_path = log_path
-        self.log_text = ""
         self.channel = grpc.insecure_channel(f"unix:{socket}")
         self.stub = pb_grpc.RuntimeServiceStub(self.channel)
         self.images = pb_grpc.ImageServiceStub(self.channel)
@@ -467,11 +467,20 @@ def _remove_everything(stub: pb_grpc.RuntimeServiceStub, timeout: float = 30.0) 
     return errors
 
 
+class BenchDaemon(Daemon):
+    """The integration tests' daemon, in a session of its own: a ^C or a
+    ``timeout`` signal sent to the benchmark's process group must not stop
+    it before the benchmark has removed its containers through the CRI."""
+
+    def spawn(self, **popen_kwargs: Any) -> subprocess.Popen:
+        popen_kwargs.setdefault("start_new_session", True)
+        return super().spawn(**popen_kwargs)
+
+
 def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> Runtime:
-    daemon = Daemon(extra_args=["--log-level", opts.rktlet_log_level])
+    daemon = BenchDaemon(extra_args=["--log-level", opts.rktlet_log_level])
     OUR_DIRS.append(daemon.base)
     network: Optional[TestNetwork] = None
-    holder: list[Runtime] = []
 
     def roles() -> dict[int, str]:
         """conmon (the daemon's children) and the containers' processes under them."""
@@ -498,8 +507,8 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> R
                 killed = _kill_by_pid(left)
                 if killed:
                     progress(f"  rktlet cleanup: killed {len(killed)} left-over monitor/container processes by PID")
-            if holder:
-                holder[0].log_text = daemon.log()
+            if opts.rktlet_log and os.path.exists(daemon.log_path):
+                shutil.copyfile(daemon.log_path, opts.rktlet_log)
         finally:
             daemon.cleanup()
             if network is not None:
@@ -512,7 +521,6 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> R
         assert daemon.process is not None
         runtime = Runtime("rktlet", daemon.process.pid, daemon.socket, daemon.base, network, roles, cleanup,
                           log_path=daemon.log_path)
-        holder.append(runtime)
         _wait_network_ready(runtime.stub)
         return runtime
     except BaseException:
@@ -525,7 +533,6 @@ def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: 
     assert registry is not None
     ctrd = Containerd(insecure_registries=[registry.host], cri={"sandbox_image": pause_ref})
     network: Optional[TestNetwork] = None
-    holder: list[Runtime] = []
 
     def roles() -> dict[int, str]:
         """Each pod's shim, its pause process and its containers' processes."""
@@ -541,8 +548,6 @@ def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: 
             if ctrd.process is not None and ctrd.process.poll() is None:
                 for error in _remove_everything(ctrd.runtime()):
                     progress(f"  containerd cleanup: {error}")
-            if holder and ctrd.base:
-                holder[0].log_text = ctrd.log(tail=200_000)
         finally:
             ctrd.cleanup()  # stops containerd by PID, kills this instance's shims by PID
             if network is not None:
@@ -557,7 +562,6 @@ def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: 
         ctrd.start()
         assert ctrd.pid is not None and ctrd.base is not None
         runtime = Runtime("containerd", ctrd.pid, ctrd.socket, ctrd.base, network, roles, cleanup)
-        holder.append(runtime)
         _wait_network_ready(runtime.stub)
         # The sandbox image, pulled before anything is timed.
         runtime.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=pause_ref)), timeout=120)
@@ -733,9 +737,9 @@ def server_times(log: str) -> dict[str, dict[str, Any]]:
 # -- the measurement ---------------------------------------------------------------------------------------
 
 
-def _per(total_kb: int, n: int) -> float:
-    """kB total -> bytes per item."""
-    return total_kb * KB / n if n else 0.0
+def _per(total_kb: int, n: int) -> Optional[float]:
+    """kB total -> bytes per item (``None`` without items)."""
+    return total_kb * KB / n if n else None
 
 
 def lifecycle(driver: Driver, runtime: Runtime, n: int, result: dict[str, Any]) -> None:
@@ -1127,7 +1131,7 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines.append("")
         lines.append("memory, MB = 10^6 bytes, RSS / PSS (the containers' own processes are left out)")
-        lines.append(f"  {'':46}" + "".join(f"{name:>20}" for name in runtimes) + (f"{'RSS ratio':>11}" if both else ""))
+        lines.append(f"  {'':46}" + "".join(f"{name:>24}" for name in runtimes) + (f"{'RSS ratio':>11}" if both else ""))
 
         def row(label: str, phase: str, key: str, ratio: bool = False, digits: int = 2) -> None:
             text = f"  {label:46}"
@@ -1137,7 +1141,7 @@ def format_table(report: dict[str, Any]) -> str:
                 pss = _get(results[name], phase, "memory", f"{key}_pss_bytes")
                 rss_values.append(rss)
                 cell = _mb(rss, digits) + (f" / {_mb(pss, digits)}" if pss is not None else "")
-                text += f"{cell:>20}"
+                text += f"{cell:>24}"
             if both and ratio:
                 r = _ratio(rss_values[0], rss_values[1])
                 text += f"{(f'{r:.3f}x' if r is not None else '-'):>11}"
@@ -1148,12 +1152,12 @@ def format_table(report: dict[str, Any]) -> str:
             for name in runtimes:
                 roles = _get(results[name], phase, "memory", "after", "roles") or {}
                 text = " + ".join(f"{roles[r]['count']} {r}" for r in ("conmon", "shim", "pause") if r in roles)
-                out += f"{text or 'none':>20}"
+                out += f"{text or 'none':>24}"
             return out
 
         def daemon(label: str, phase: str, key: str) -> None:
             values = [_get(results[name], phase, "memory", key) for name in runtimes]
-            lines.append(f"  {label:46}" + "".join(f"{_mb(v, 3):>20}" for v in values))
+            lines.append(f"  {label:46}" + "".join(f"{_mb(v, 3):>24}" for v in values))
 
         lines.append(f"  pod with one container ({n} pods, lifecycle phase):")
         lines.append(f"    {'monitor processes':44}" + procs("lifecycle"))
@@ -1172,7 +1176,7 @@ def format_table(report: dict[str, Any]) -> str:
         for label, key in (("  daemon RSS before", "before"), (f"  daemon RSS with {total} containers", "after"),
                            ("  daemon RSS after removal", "after_removal")):
             values = [_get(results[name], "many", "memory", key, "daemon_rss_kb") for name in runtimes]
-            lines.append(f"  {label:46}" + "".join(f"{_mb(v * KB if v is not None else None, 1):>20}" for v in values))
+            lines.append(f"  {label:46}" + "".join(f"{_mb(v * KB if v is not None else None, 1):>24}" for v in values))
 
         rk = results.get("rktlet", {})
         server = {
@@ -1212,8 +1216,15 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """The first signal unwinds through the cleanups; later ones are
+    ignored, so that they are not cut short."""
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -1230,6 +1241,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON (every sample included)")
     parser.add_argument("--rktlet-log-level", default="info", choices=("debug", "info", "warn", "error"),
                         help="rktlet's log level (default info, like containerd's; debug adds per-RPC server times)")
+    parser.add_argument("--rktlet-log", metavar="FILE",
+                        help="copy rktlet's log to FILE before its directory is removed")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of every CRI call, s (default 60)")
     args = parser.parse_args(argv)
     if args.containers < 1 or args.list_calls < 1 or args.status_calls < 1 or args.per_pod < 1:
@@ -1257,9 +1270,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             progress(f"bench/containers.py: {program} missing (apt-get install {program})")
             return 2
 
-    # SIGTERM (e.g. from timeout(1)) and SIGHUP unwind through the cleanups like ^C.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    # ^C, SIGTERM (e.g. from timeout(1)) and SIGHUP unwind through the cleanups.
+    for sig in _SIGNALS:
+        signal.signal(sig, _interrupt)
 
     versions = {"python": platform.python_version()}
     try:
@@ -1315,10 +1328,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         interrupted = True
         progress(f"interrupted ({exc or 'SIGINT'}); cleaning up")
     finally:
-        # Cleanups must not be cut short by a second signal.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Cleanups must not be cut short by a signal.
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         if registry is not None:
             registry.stop()
         cg.cleanup()

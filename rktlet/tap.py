@@ -35,6 +35,7 @@ from rktlet.oci.runtime import OCIRuntime
 from rktlet.pod.containers import ContainerManager
 from rktlet.pod.engine import Engine
 from rktlet.pod.sandboxes import SandboxManager
+from rktlet.pod.stats import StatsCollector
 from rktlet.pod.store import ContainerStore, PodStore
 
 log = logs.logger("rktlet.tap")
@@ -148,7 +149,8 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             runtimes, conmons, layout,
         )
         in_use.append(containers.layers_in_use)
-        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers)
+        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers,
+                        stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes))
         engine.load()
     except BaseException:
         claim.release()

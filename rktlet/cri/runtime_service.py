@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 
-from rktlet.cri import container_convert, sandbox_convert
+from rktlet.cri import container_convert, sandbox_convert, stats_convert
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer, paged
 from rktlet.errors import Unimplemented
@@ -209,3 +209,66 @@ class RuntimeService(Servicer):
 
     def RestorePod(self, request: pb.RestorePodRequest, context: grpc.ServicerContext) -> None:
         raise Unimplemented(_NO_CHECKPOINTS.format(rpc="RestorePod"))
+
+    # -- statistics -----------------------------------------------------------
+
+    def _container_stats(self, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> list[pb.ContainerStats]:
+        figures = self._on_reactor(context, self._engine.stats.container_stats, *args, **kwargs)
+        return [stats_convert.container_stats(f) for f in figures]
+
+    def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext) -> pb.ContainerStatsResponse:
+        [stats] = self._container_stats(context, request.container_id, one=True)
+        return pb.ContainerStatsResponse(stats=stats)
+
+    def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: grpc.ServicerContext
+    ) -> pb.ListContainerStatsResponse:
+        f = request.filter
+        return pb.ListContainerStatsResponse(
+            stats=self._container_stats(context, f.id, f.pod_sandbox_id, dict(f.label_selector))
+        )
+
+    def StreamContainerStats(
+        self, request: pb.StreamContainerStatsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamContainerStatsResponse]:
+        f = request.filter
+        items = self._container_stats(context, f.id, f.pod_sandbox_id, dict(f.label_selector))
+        return paged(items, lambda page: pb.StreamContainerStatsResponse(container_stats=page))
+
+    def _pod_figures(self, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> list:
+        return self._on_reactor(context, self._engine.stats.pod_stats, *args, **kwargs)
+
+    def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
+        [figures] = self._pod_figures(context, request.pod_sandbox_id, one=True)
+        return pb.PodSandboxStatsResponse(stats=stats_convert.pod_stats(figures))
+
+    def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPodSandboxStatsResponse:
+        f = request.filter
+        figures = self._pod_figures(context, f.id, dict(f.label_selector))
+        return pb.ListPodSandboxStatsResponse(stats=[stats_convert.pod_stats(x) for x in figures])
+
+    def StreamPodSandboxStats(
+        self, request: pb.StreamPodSandboxStatsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamPodSandboxStatsResponse]:
+        f = request.filter
+        items = [stats_convert.pod_stats(x) for x in self._pod_figures(context, f.id, dict(f.label_selector))]
+        return paged(items, lambda page: pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=page))
+
+    def ListMetricDescriptors(
+        self, request: pb.ListMetricDescriptorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListMetricDescriptorsResponse:
+        return pb.ListMetricDescriptorsResponse(descriptors=stats_convert.DESCRIPTORS)
+
+    def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPodSandboxMetricsResponse:
+        figures = self._pod_figures(context)
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=[stats_convert.pod_metrics(x) for x in figures])
+
+    def StreamPodSandboxMetrics(
+        self, request: pb.StreamPodSandboxMetricsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamPodSandboxMetricsResponse]:
+        items = [stats_convert.pod_metrics(x) for x in self._pod_figures(context)]
+        return paged(items, lambda page: pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=page))

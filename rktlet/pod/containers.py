@@ -211,7 +211,9 @@ class ContainerManager:
             id=container_id, sandbox_id=sb.id, name=config.name, attempt=attempt, fingerprint=fingerprint,
             created_at=time.time_ns(), image=image, image_ref=record.id,
             image_name=(record.repo_tags or record.repo_digests or [record.id])[0],
-            labels=dict(labels), annotations=dict(annotations), log_path=log_path,
+            labels=dict(labels), annotations=dict(annotations),
+            # conmon needs a log; without one from the kubelet it goes beside the writable layer.
+            log_path=log_path or os.path.join(self._layers, container_id, "container.log"),
             mounts=[{"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
                      "propagation": m.propagation} for m in config.mounts],
             bundle=os.path.join(self._bundles, container_id), layer_dir=os.path.join(self._layers, container_id),
@@ -474,3 +476,51 @@ class ContainerManager:
         return {"pid": c.container_pid, "conmonPid": c.conmon_pid, "bundle": c.bundle, "runtimeSpec": spec,
                 "sandboxID": c.sandbox_id, "user": c.user}
 
+
+    # -- exec, attach (ExecSync and the streaming server) -------------------------------
+
+    def running(self, id_or_prefix: str) -> Container:
+        """The container, which must be running (exec and attach need it).
+
+        :raises NotFound: no such container.
+        :raises FailedPrecondition: it is not running (named by id and state).
+        """
+        c = self.get(id_or_prefix)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running (state {c.state})")
+        return c
+
+    def _handler_of(self, c: Container) -> str:
+        sb = self._sandboxes.find(c.sandbox_id)
+        return sb.handler if sb is not None else "runc"
+
+    def runtime_of(self, c: Container) -> OCIRuntime:
+        """The OCI runtime driving *c* (its pod's handler)."""
+        return self._runtimes[self._handler_of(c)]
+
+    def conmon_of(self, c: Container) -> Conmon:
+        """The conmon driver monitoring *c* (its pod's handler)."""
+        return self._conmons[self._handler_of(c)]
+
+    def exit_of(self, c: Container) -> Deferred | None:
+        """A Deferred firing with *c*'s ``(exit_code, finished_at_ns,
+        oom_killed)`` when it ends (cancel it to stop waiting), or None when
+        it is not watched (not running)."""
+        monitor = self._monitors.get(c.id)
+        return monitor.exited if monitor is not None else None
+
+    async def exec_sync(self, id_or_prefix: str, cmd: list[str] | tuple[str, ...],
+                        timeout: float) -> tuple[int, bytes, bytes]:
+        """ExecSync: run *cmd* in the running container; ``(exit_code,
+        stdout, stderr)``, each stream capped at 16 MiB.
+
+        :raises NotFound: no such container.
+        :raises FailedPrecondition: it is not running.
+        :raises DeadlineExceeded: *timeout* (seconds, > 0) passed; the
+            command was killed.
+        :raises RuntimeFailure: runc could not run the command.
+        """
+        from rktlet.oci import exec as oci_exec  # kept local: this section was added after the imports
+
+        c = self.running(id_or_prefix)
+        return await oci_exec.exec_sync(self._reactor, self.runtime_of(c), c.id, c.bundle, list(cmd), timeout)

@@ -54,6 +54,7 @@ class Engine:
         ``None`` where a test needs no pods.
     :param containers: the container manager (``rktlet.pod.containers``),
         or ``None`` where a test needs no containers.
+    :param stats: the statistics collector (``rktlet.pod.stats``).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class Engine:
         images: Any = None,
         sandboxes: Any = None,
         containers: Any = None,
+        stats: Any = None,
     ) -> None:
         self.config = config
         self._reactor = reactor
@@ -71,6 +73,7 @@ class Engine:
         self.images = images
         self.sandboxes = sandboxes
         self.containers = containers
+        self.stats = stats
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
         self.pod_cidrs: tuple[str, ...] = ()
         self.versions: dict[str, Any] = {}

@@ -1,0 +1,141 @@
+"""Container and pod statistics, for the kubelet's summary API and eviction.
+
+Figures come from the cgroups (one worker-thread hop per call, whatever the
+number of containers), CPU rates from two samples kept in memory, writable
+layer usage from a cache refreshed in the background, pod network counters
+from ``/proc/net/dev`` read inside the pod's network namespace. No process is
+spawned for any of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+
+from rktlet.oci import cgroups, namespaces
+from rktlet.oci.stats import CgroupSample, CpuRates, UsageCache, read_cgroups
+from rktlet.pod.container import Container
+from rktlet.pod.sandbox import READY, Sandbox
+
+
+@dataclass(frozen=True)
+class ContainerFigures:
+    """One container's statistics at one moment."""
+
+    container: Container
+    timestamp_ns: int
+    sample: CgroupSample | None
+    nano_cores: int | None
+    writable_layer: tuple[int, int] | None  # (bytes, inodes) of its upper dir
+    writable_layer_path: str
+
+
+@dataclass(frozen=True)
+class PodFigures:
+    """One pod's statistics at one moment."""
+
+    sandbox: Sandbox
+    timestamp_ns: int
+    sample: CgroupSample | None
+    nano_cores: int | None
+    network: dict[str, dict[str, int]] = field(default_factory=dict)  # interface → counters
+    containers: tuple[ContainerFigures, ...] = ()
+
+
+class StatsCollector:
+    """Collects statistics; used on the reactor thread.
+
+    :param reactor: for the thread handoff.
+    :param threadpool: where cgroup files and /proc/net/dev are read.
+    :param layout: the host's cgroup layout.
+    :param containers: the container manager.
+    :param sandboxes: the sandbox manager.
+    """
+
+    def __init__(self, reactor: Any, threadpool: Any, layout: cgroups.Layout, containers: Any, sandboxes: Any) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._layout = layout
+        self._containers = containers
+        self._sandboxes = sandboxes
+        self._rates = CpuRates()
+        self._usage = UsageCache(reactor, threadpool)
+
+    def _cgroup_of(self, c: Container) -> str | None:
+        sb = self._sandboxes.find(c.sandbox_id)
+        return f"{sb.cgroup_parent.rstrip('/')}/{c.id}" if sb else None
+
+    async def containers(self, selected: list[Container]) -> list[ContainerFigures]:
+        """Statistics of *selected* containers (running ones have cgroup
+        figures; others only their writable layer)."""
+        paths = {c.id: self._cgroup_of(c) for c in selected}
+        wanted = [p for c_id, p in paths.items() if p]
+        samples = await deferToThreadPool(self._reactor, self._threadpool, read_cgroups, self._layout, wanted)
+        now = time.time_ns()
+        out = []
+        for c in selected:
+            sample = samples.get(paths[c.id]) if paths[c.id] else None
+            rate = self._rates.observe(c.id, sample) if sample is not None else None
+            upper = f"{c.layer_dir}/upper"
+            out.append(ContainerFigures(c, sample.timestamp_ns if sample else now, sample, rate,
+                                        self._usage.get(upper), upper))
+        return out
+
+    async def pods(self, selected: list[Sandbox]) -> list[PodFigures]:
+        """Statistics of *selected* pods with their containers'."""
+        by_pod: dict[str, list[Container]] = {sb.id: [] for sb in selected}
+        for c in self._containers.containers.values():
+            if c.sandbox_id in by_pod:
+                by_pod[c.sandbox_id].append(c)
+        container_figures = await self.containers([c for cs in by_pod.values() for c in cs])
+        figures_by_pod: dict[str, list[ContainerFigures]] = {}
+        for f in container_figures:
+            figures_by_pod.setdefault(f.container.sandbox_id, []).append(f)
+
+        def read_pods() -> tuple[dict[str, CgroupSample | None], dict[str, dict[str, dict[str, int]]]]:
+            samples = read_cgroups(self._layout, [sb.cgroup_parent for sb in selected])
+            networks = {}
+            for sb in selected:
+                if sb.state == READY and sb.netns:
+                    try:
+                        networks[sb.id] = namespaces.read_net_dev(sb.netns)
+                    except Exception:
+                        networks[sb.id] = {}
+            return samples, networks
+
+        samples, networks = await deferToThreadPool(self._reactor, self._threadpool, read_pods)
+        now = time.time_ns()
+        out = []
+        for sb in selected:
+            sample = samples.get(sb.cgroup_parent)
+            rate = self._rates.observe(f"pod:{sb.id}", sample) if sample is not None else None
+            out.append(PodFigures(sb, sample.timestamp_ns if sample else now, sample, rate,
+                                  networks.get(sb.id, {}), tuple(figures_by_pod.get(sb.id, ()))))
+        return out
+
+    def forget(self, key: str) -> None:
+        """Drop what is kept for a removed container or pod."""
+        self._rates.forget(key)
+
+    async def container_stats(self, id_prefix: str = "", sandbox_prefix: str = "",
+                              labels: dict[str, str] | None = None, one: bool = False) -> list[ContainerFigures]:
+        """Statistics of the containers matching the filters (or of exactly
+        one container, NotFound if absent, with *one*)."""
+        if one:
+            selected = [self._containers.get(id_prefix)]
+        else:
+            selected = self._containers.list(id_prefix, sandbox_prefix, None, labels)
+        return await self.containers(selected)
+
+    async def pod_stats(self, id_prefix: str = "", labels: dict[str, str] | None = None,
+                        one: bool = False) -> list[PodFigures]:
+        """Statistics of the ready pods matching the filters (or of exactly
+        one pod, NotFound if absent, with *one*)."""
+        if one:
+            selected = [self._sandboxes.get(id_prefix)]
+        else:
+            selected = self._sandboxes.list(id_prefix, READY, labels)
+        return await self.pods(selected)

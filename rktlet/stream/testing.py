@@ -1,0 +1,174 @@
+"""Test doubles for the streaming server, in the spirit of
+``twisted.internet.testing``: an in-memory :class:`FakeBackend` whose
+processes the test drives by hand, and :class:`SpdyClient`, the client half
+of SPDY framing (no I/O) to talk to a server through a ``StringTransport``
+or a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
+
+from rktlet.errors import NotFound
+from rktlet.stream import spdyframes as f
+from rktlet.stream.session import AttachRequest, ExecRequest, Terminal
+
+
+class MemoryProcess:
+    """A :class:`~rktlet.stream.session.ProcessIO` that records what the
+    session asks and lets the test produce output and the exit."""
+
+    def __init__(self, request: ExecRequest | AttachRequest, terminal: Terminal) -> None:
+        self.request = request
+        self.terminal = terminal
+        self.done: Deferred = Deferred()
+        self.stdin_data = bytearray()
+        self.stdin_closed = False
+        self.sizes: list[tuple[int, int]] = []
+        self.terminated = False
+
+    # ProcessIO
+    def stdin(self, data: bytes) -> None:
+        self.stdin_data += data
+
+    def close_stdin(self) -> None:
+        self.stdin_closed = True
+
+    def resize(self, width: int, height: int) -> None:
+        self.sizes.append((width, height))
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    # driven by the test
+    def write_stdout(self, data: bytes) -> None:
+        self.terminal.stdout(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.terminal.stderr(data)
+
+    def exit(self, code: int | None) -> None:
+        self.done.callback(code)
+
+
+@dataclass
+class PortForwardCall:
+    sandbox_id: str
+    port: int
+    protocol: IProtocol
+    result: Deferred = field(default_factory=Deferred)
+
+
+class FakeBackend:
+    """A :class:`~rktlet.stream.session.Backend` kept in memory.
+
+    :ivar processes: every exec/attach started, in order.
+    :ivar forwards: every port_forward call; the test connects the protocol
+        (``call.protocol.makeConnection(transport)``) and fires
+        ``call.result``, or fails it.
+    :ivar missing: container/sandbox ids that ``validate`` and
+        ``exec``/``attach`` do not know.
+    :ivar start_error: raised by exec/attach when set.
+    """
+
+    def __init__(self) -> None:
+        self.processes: list[MemoryProcess] = []
+        self.forwards: list[PortForwardCall] = []
+        self.missing: set[str] = set()
+        self.start_error: Exception | None = None
+
+    def exec(self, request: ExecRequest, terminal: Terminal) -> MemoryProcess:
+        return self._start(request, terminal)
+
+    def attach(self, request: AttachRequest, terminal: Terminal) -> MemoryProcess:
+        return self._start(request, terminal)
+
+    def _start(self, request: Any, terminal: Terminal) -> MemoryProcess:
+        if self.start_error is not None:
+            raise self.start_error
+        if request.container_id in self.missing:
+            raise NotFound(f"container {request.container_id} not found")
+        process = MemoryProcess(request, terminal)
+        self.processes.append(process)
+        return process
+
+    def port_forward(self, sandbox_id: str, port: int, protocol: IProtocol) -> Deferred:
+        call = PortForwardCall(sandbox_id, port, protocol)
+        self.forwards.append(call)
+        return call.result
+
+    def validate(self, request: Any) -> None:
+        target = getattr(request, "container_id", None) or getattr(request, "sandbox_id", None)
+        if target in self.missing:
+            raise NotFound(f"{target} not found")
+
+
+def upgrade_request(path: str, protocols: list[str], host: str = "127.0.0.1", method: str = "POST") -> bytes:
+    """The HTTP request a client-go SPDY dialer sends."""
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: {host}",
+        "Connection: Upgrade",
+        "Upgrade: SPDY/3.1",
+        *(f"X-Stream-Protocol-Version: {p}" for p in protocols),
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class SpdyClient:
+    """The client half of a SPDY connection, as bytes in and frames out.
+
+    :ivar streams: data received per stream id.
+    :ivar finished: stream ids the server half-closed.
+    :ivar reset: stream id -> RST status from the server.
+    :ivar replied: stream ids the server replied to.
+    :ivar frames: every frame received, in order.
+    """
+
+    def __init__(self) -> None:
+        self._writer = f.FrameWriter()
+        self._reader = f.FrameReader()
+        self._next_id = 1
+        self.streams: dict[int, bytearray] = {}
+        self.finished: set[int] = set()
+        self.reset: dict[int, int] = {}
+        self.replied: set[int] = set()
+        self.frames: list[f.Frame] = []
+
+    def open(self, headers: dict[str, str], fin: bool = False) -> tuple[int, bytes]:
+        """A new stream: (its id, the SYN_STREAM bytes)."""
+        sid = self._next_id
+        self._next_id += 2
+        self.streams[sid] = bytearray()
+        return sid, self._writer.encode(f.SynStream(sid, headers, flags=f.FLAG_FIN if fin else 0))
+
+    def data(self, sid: int, data: bytes, fin: bool = False) -> bytes:
+        return self._writer.encode(f.Data(sid, data, f.FLAG_FIN if fin else 0))
+
+    def encode(self, frame: f.Frame) -> bytes:
+        return self._writer.encode(frame)
+
+    def receive(self, data: bytes) -> list[f.Frame]:
+        """Parse server bytes, updating the per-stream state."""
+        frames = self._reader.feed(data)
+        for frame in frames:
+            self.frames.append(frame)
+            match frame:
+                case f.SynReply(sid):
+                    self.replied.add(sid)
+                case f.Data(sid, payload):
+                    self.streams.setdefault(sid, bytearray()).extend(payload)
+                    if frame.fin:
+                        self.finished.add(sid)
+                case f.RstStream(sid, status):
+                    self.reset[sid] = status
+        return frames
+
+    def ended(self, sid: int) -> bool:
+        """Whether the server is done sending on *sid* (FIN or RST)."""
+        return sid in self.finished or sid in self.reset
