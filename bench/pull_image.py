@@ -46,13 +46,12 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
 
 try:
-    import grpc
-
+    from common import CLK_TCK, MB, RUNTIMES, error_text, progress
     from rktlet.cri.proto import pb, pb_grpc
     from tests.support.containerd import INSTALL_HINT, Containerd, containerd_binary, containerd_version
     from tests.support.daemon import Daemon
@@ -67,18 +66,9 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     )
     sys.exit(2)
 
-RUNTIMES = ("rktlet", "containerd")
-MB = 1_000_000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 #: The goals of the issue: rktlet's median pull time over containerd's, and rktlet's worst peak RSS.
 TIME_RATIO_GOAL = 1.2
 RSS_GOAL_MB = 150.0
-
-
-def progress(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
 
 
 # -- the image ------------------------------------------------------------------------
@@ -518,15 +508,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    text = str(exc).strip()
-    if len(text) > 2000:
-        text = text[:300] + "\n  ...\n" + text[-1500:]
-    return f"{type(exc).__name__}: {text}"
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -599,7 +580,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:
-                    message = _error_text(exc)
+                    message = error_text(exc)
                     errors.setdefault(name, []).append(f"run {i + 1}: {message}")
                     progress(f"  {name} failed: {message}")
                     continue

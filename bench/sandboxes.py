@@ -67,13 +67,34 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+BENCH = os.path.dirname(os.path.abspath(__file__))
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
 
 try:
     import grpc
 
+    from common import (
+        KB,
+        MB,
+        OUR_DIRS,
+        PAUSE_REPO,
+        PAUSE_TAG,
+        RUNTIMES,
+        HostForwarding,
+        cpu_ticks,
+        error_text,
+        fmt_ms,
+        make_network,
+        pick_subnets,
+        progress,
+        pss_kb,
+        ratio_of,
+        read_text,
+        status_kb,
+        summary,
+        wait_network_ready,
+    )
     from rktlet.cri.proto import pb, pb_grpc
     from rktlet.oci import cgroups
     from tests.support.containerd import (
@@ -97,79 +118,18 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     )
     sys.exit(2)
 
-RUNTIMES = ("rktlet", "containerd")
 RPCS = ("RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox", "ListPodSandbox")
-MB = 1_000_000
-KB = 1024
-
 #: The goals of the issue.
 RUN_RATIO_GOAL = 0.8
 LIST_P50_GOAL_MS = 5.0
 POD_MEMORY_GOAL_BYTES = 0
 
-#: Temporary directories this run made (daemons' dirs, IPAM state, the
-#: registry's): checked for mounts and removal at the end; nothing else in
-#: /tmp is touched.
-OUR_DIRS: list[str] = []
-
-PAUSE_REPO = "bench/pause"
-PAUSE_TAG = "3.9"
-
-
-def progress(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def percentile(values: list[float], q: float) -> Optional[float]:
-    """The ``q``-th percentile (0-100) with linear interpolation between ranks."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def summary(values_ms: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values_ms),
-        "p50_ms": percentile(values_ms, 50),
-        "p95_ms": percentile(values_ms, 95),
-        "min_ms": min(values_ms) if values_ms else None,
-        "max_ms": max(values_ms) if values_ms else None,
-    }
-
-
 # -- processes and memory ----------------------------------------------------------------
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in _read(f"/proc/{pid}/status").splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _pss_kb(pid: int) -> int:
-    for line in _read(f"/proc/{pid}/smaps_rollup").splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
 
 
 def _cgroup_paths(pid: int) -> list[str]:
     """The process's cgroup paths, one per hierarchy."""
-    return [line.split(":", 2)[2] for line in _read(f"/proc/{pid}/cgroup").splitlines() if line.count(":") >= 2]
+    return [line.split(":", 2)[2] for line in read_text(f"/proc/{pid}/cgroup").splitlines() if line.count(":") >= 2]
 
 
 def _all_pids() -> list[int]:
@@ -177,26 +137,17 @@ def _all_pids() -> list[int]:
 
 
 def _cmdline(pid: int) -> str:
-    return _read(f"/proc/{pid}/cmdline").replace("\0", " ")
-
-
-def _cpu_ticks(pid: int) -> int:
-    stat = _read(f"/proc/{pid}/stat")
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        return sum(int(f) for f in fields[11:15])
-    except (ValueError, IndexError):
-        return 0
+    return read_text(f"/proc/{pid}/cmdline").replace("\0", " ")
 
 
 def wait_idle(pid: int, quiet: float = 0.5, limit: float = 10.0) -> None:
     """Wait until ``pid`` has used no CPU for ``quiet`` seconds (at most ``limit``)."""
     deadline = time.monotonic() + limit
-    last = _cpu_ticks(pid)
+    last = cpu_ticks(pid)
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        now = _cpu_ticks(pid)
+        now = cpu_ticks(pid)
         if now != last:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= quiet:
@@ -207,7 +158,7 @@ def host_used_kb() -> int:
     """MemTotal - MemAvailable of the whole machine (includes the kernel's
     share: namespaces, veths, tmpfs; noisy when anything else runs)."""
     values = {}
-    for line in _read("/proc/meminfo").splitlines():
+    for line in read_text("/proc/meminfo").splitlines():
         key, _, rest = line.partition(":")
         values[key] = int(rest.split()[0])
     return values.get("MemTotal", 0) - values.get("MemAvailable", 0)
@@ -238,13 +189,13 @@ def memory_sample(daemon_pid: int, marker: str, cgroup_prefix: str) -> dict[str,
     kinds: dict[str, int] = {}
     rss = pss = 0
     for pid in pids:
-        rss += _status_kb(pid, "VmRSS")
-        pss += _pss_kb(pid)
-        name = (_read(f"/proc/{pid}/comm").strip() or "?")
+        rss += status_kb(pid, "VmRSS")
+        pss += pss_kb(pid)
+        name = (read_text(f"/proc/{pid}/comm").strip() or "?")
         kinds[name] = kinds.get(name, 0) + 1
     return {
-        "daemon_rss_kb": _status_kb(daemon_pid, "VmRSS"),
-        "daemon_pss_kb": _pss_kb(daemon_pid),
+        "daemon_rss_kb": status_kb(daemon_pid, "VmRSS"),
+        "daemon_pss_kb": pss_kb(daemon_pid),
         "processes": len(pids),
         "process_names": kinds,
         "processes_rss_kb": rss,
@@ -298,59 +249,13 @@ class BenchCgroups:
 
     def leftovers(self) -> list[str]:
         found = []
-        for line in _read("/proc/self/mountinfo").splitlines():
+        for line in read_text("/proc/self/mountinfo").splitlines():
             fields = line.split()
             if " - cgroup" in line and len(fields) > 4:
                 path = os.path.join(fields[4], self.root.lstrip("/"))
                 if os.path.exists(path):
                     found.append(path)
         return sorted(set(found))
-
-
-# -- networks --------------------------------------------------------------------------------
-
-
-def _taken_subnets() -> str:
-    return subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout + \
-        subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True).stdout
-
-
-def pick_subnets(count: int) -> list[str]:
-    """Distinct private /24s (10.236.X.0/24) that no route or address uses yet."""
-    taken = _taken_subnets()
-    choices = [x for x in range(1, 255) if f"10.236.{x}." not in taken]
-    return [f"10.236.{x}.0/24" for x in random.sample(choices, count)]
-
-
-def make_network(conf_dir: str, name: str, bridge: str, subnet: str) -> TestNetwork:
-    """A :class:`TestNetwork` (bridge + host-local + portmap, isGateway, no
-    ipMasq, IPAM state in a temporary dir) with the given bridge and subnet,
-    replacing whatever configuration ``conf_dir`` held."""
-    network = TestNetwork(conf_dir, name=name)
-    OUR_DIRS.append(network.ipam_dir)
-    network.bridge = bridge
-    network.subnet = subnet
-    network.gateway = subnet.replace(".0/24", ".1")
-    os.makedirs(conf_dir, exist_ok=True)
-    for entry in os.listdir(conf_dir):
-        os.unlink(os.path.join(conf_dir, entry))
-    network.write()
-    return network
-
-
-class HostForwarding:
-    """The bridge plugin (isGateway) turns ``net.ipv4.ip_forward`` on and
-    never back off; put it back as it was."""
-
-    PATH = "/proc/sys/net/ipv4/ip_forward"
-
-    def __init__(self) -> None:
-        self.value = _read(self.PATH).strip()
-
-    def restore(self) -> None:
-        if self.value and _read(self.PATH).strip() != self.value:
-            with open(self.PATH, "w") as f:
-                f.write(self.value)
 
 
 # -- the pause image ---------------------------------------------------------------------------
@@ -387,20 +292,6 @@ class Runtime:
             self._cleanup()
 
 
-def _wait_network_ready(stub: pb_grpc.RuntimeServiceStub, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        status = stub.Status(pb.StatusRequest(), timeout=10).status
-        conditions = {c.type: c for c in status.conditions}
-        net = conditions.get("NetworkReady")
-        if net is not None and net.status:
-            return
-        last = f"{net.reason}: {net.message}" if net is not None else "no NetworkReady condition"
-        time.sleep(0.1)
-    raise RuntimeError(f"the runtime's network did not become ready within {timeout:.0f}s ({last})")
-
-
 def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> Runtime:
     daemon = Daemon(extra_args=["--log-level", opts.rktlet_log_level])
     OUR_DIRS.append(daemon.base)
@@ -424,7 +315,7 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> R
         assert daemon.process is not None
         runtime = Runtime("rktlet", daemon.process.pid, daemon.socket, daemon.base, network, cleanup,
                           lambda: log_text[0] if log_text else daemon.log(), lambda: remove_all_pods(daemon))
-        _wait_network_ready(runtime.stub)
+        wait_network_ready(runtime.stub)
         return runtime
     except BaseException:
         cleanup()
@@ -459,7 +350,7 @@ def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: 
         assert ctrd.pid is not None and ctrd.base is not None
         runtime = Runtime("containerd", ctrd.pid, ctrd.socket, ctrd.base, network, cleanup,
                           lambda: log_text[0] if log_text else ctrd.log(tail=200_000), ctrd.remove_all_pods)
-        _wait_network_ready(runtime.stub)
+        wait_network_ready(runtime.stub)
         # Pre-pull the sandbox image so that no RunPodSandbox pulls it.
         pb_grpc.ImageServiceStub(runtime.channel).PullImage(
             pb.PullImageRequest(image=pb.ImageSpec(image=pause_ref)), timeout=120
@@ -679,7 +570,7 @@ def leftovers(before: dict[str, list[str]], bridges: list[str], temp_dirs: list[
     for bridge in bridges:
         if bridge in after["links"]:
             found.append(f"bridge still present: {bridge}")
-    mounts = [line.split()[1] for line in _read("/proc/self/mounts").splitlines()]
+    mounts = [line.split()[1] for line in read_text("/proc/self/mounts").splitlines()]
     for d in temp_dirs:
         found += [f"mount under {d}: {m}" for m in mounts if m == d or m.startswith(d + "/")]
         if os.path.exists(d):
@@ -691,10 +582,6 @@ def leftovers(before: dict[str, list[str]], bridges: list[str], temp_dirs: list[
 # -- report ---------------------------------------------------------------------------------------
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return a / b if a is not None and b else None
-
-
 def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     rk, cd = results.get("rktlet", {}), results.get("containerd", {})
@@ -702,7 +589,7 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     text = f"RunPodSandbox p50 at most {RUN_RATIO_GOAL}x containerd's"
     a = rk.get("rpcs", {}).get("RunPodSandbox", {}).get("p50_ms")
     b = cd.get("rpcs", {}).get("RunPodSandbox", {}).get("p50_ms")
-    ratio = _ratio(a, b)
+    ratio = ratio_of(a, b)
     if ratio is not None:
         out.append({"goal": text, "value": ratio, "shown": f"{ratio:.2f}x ({a:.1f} ms / {b:.1f} ms)",
                     "status": "PASS" if ratio <= RUN_RATIO_GOAL else "MISS"})
@@ -732,10 +619,6 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _ms(value: Optional[float]) -> str:
-    return f"{value:.2f}" if value is not None else "-"
-
-
 def _format_figures(lines: list[str], report: dict[str, Any], runtimes: list[str], both: bool) -> None:
     results = report["results"]
     header = f"{'latency, ms':26}" + "".join(f"{name + ' p50':>16}{name + ' p95':>16}" for name in runtimes)
@@ -747,16 +630,16 @@ def _format_figures(lines: list[str], report: dict[str, Any], runtimes: list[str
         row = f"{label:26}"
         for name in runtimes:
             s = results[name]["rpcs"][rpc]
-            row += f"{_ms(s['p50_ms']):>16}{_ms(s['p95_ms']):>16}"
+            row += f"{fmt_ms(s['p50_ms']):>16}{fmt_ms(s['p95_ms']):>16}"
         if both:
             rk, cd = results["rktlet"]["rpcs"][rpc], results["containerd"]["rpcs"][rpc]
-            r50, r95 = _ratio(rk["p50_ms"], cd["p50_ms"]), _ratio(rk["p95_ms"], cd["p95_ms"])
+            r50, r95 = ratio_of(rk["p50_ms"], cd["p50_ms"]), ratio_of(rk["p95_ms"], cd["p95_ms"])
             row += f"{(f'{r50:.2f}x' if r50 else '-'):>11}{(f'{r95:.2f}x' if r95 else '-'):>11}"
         lines.append(row)
     lines.append("")
     lines.append(f"with {report['list_pods']} pods being made/present (p50 ms):")
     for rpc in ("RunPodSandbox", "StopPodSandbox", "RemovePodSandbox"):
-        row = f"  {rpc:24}" + "".join(f"{_ms(results[n]['with_many_pods'][rpc]['p50_ms']):>16}" for n in runtimes)
+        row = f"  {rpc:24}" + "".join(f"{fmt_ms(results[n]['with_many_pods'][rpc]['p50_ms']):>16}" for n in runtimes)
         lines.append(row)
     lines.append("")
     lines.append(f"memory, with {report['list_pods']} pods (MB = 10^6 bytes)")
@@ -781,7 +664,7 @@ def _format_figures(lines: list[str], report: dict[str, Any], runtimes: list[str
         lines.append("rktlet's own timings from its log, all pods (p50 / p95 ms):")
         for key, s in server.items():
             label = "sandbox ready in (server)" if key == "ready_in" else f"{key} (server)"
-            lines.append(f"  {label:30}{_ms(s['p50_ms']):>10} / {_ms(s['p95_ms'])}  (n={s['n']})")
+            lines.append(f"  {label:30}{fmt_ms(s['p50_ms']):>10} / {fmt_ms(s['p95_ms'])}  (n={s['n']})")
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -818,15 +701,6 @@ def format_table(report: dict[str, Any]) -> str:
     for goal in report["goals"]:
         lines.append(f"  [{goal['status']}] {goal['goal']}: {goal['shown']}")
     return "\n".join(lines)
-
-
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, grpc.RpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    text = str(exc).strip()
-    if len(text) > 2000:
-        text = text[:300] + "\n  ...\n" + text[-1500:]
-    return f"{type(exc).__name__}: {text}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -887,7 +761,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cg = BenchCgroups()
     tag = "%04x" % random.randrange(0x10000)
     bridges = [f"bnchrk{tag}", f"bnchcd{tag}"]
-    subnets = dict(zip(RUNTIMES, pick_subnets(2)))
+    subnets = dict(zip(RUNTIMES, pick_subnets(2, prefix="10.236")))
     load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, list[str]] = {}
@@ -911,7 +785,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                message = _error_text(exc)
+                message = error_text(exc)
                 errors.setdefault(name, []).append(message)
                 progress(f"  {name} failed: {message}")
                 continue

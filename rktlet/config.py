@@ -129,6 +129,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("root", "/var/lib/rktlet", "directory for persistent state (pods, images)"),
     Option("run-dir", "/run/rktlet", "directory for volatile state (namespaces, conmon sockets)"),
     Option("stream-address", "127.0.0.1:10241", "HOST:PORT of the streaming server (exec, attach, port-forward)", _host_port),
+    Option("stream-tls-cert", "", "PEM certificate for the streaming server (with --stream-tls-key: serve https)"),
+    Option("stream-tls-key", "", "PEM private key for the streaming server"),
+    Option("stream-idle-timeout", 4 * 3600.0, "close streaming sessions idle for this long (seconds, or 30s/5m/1h)", _duration),
     Option("cni-conf-dir", "/etc/cni/net.d", "directory holding CNI network configurations"),
     Option("cni-bin-dir", ("/usr/lib/cni", "/opt/cni/bin"), "colon-separated directories searched for CNI plugins", _path_list),
     Option("runtime", "runc", "OCI runtime binary for the default handler (a name on PATH or a path)"),
@@ -174,6 +177,9 @@ class Config:
     root: str = OPTIONS_BY_KEY["root"].default
     run_dir: str = OPTIONS_BY_KEY["run-dir"].default
     stream_address: str = OPTIONS_BY_KEY["stream-address"].default
+    stream_tls_cert: str = OPTIONS_BY_KEY["stream-tls-cert"].default
+    stream_tls_key: str = OPTIONS_BY_KEY["stream-tls-key"].default
+    stream_idle_timeout: float = OPTIONS_BY_KEY["stream-idle-timeout"].default
     cni_conf_dir: str = OPTIONS_BY_KEY["cni-conf-dir"].default
     cni_bin_dir: tuple[str, ...] = OPTIONS_BY_KEY["cni-bin-dir"].default
     runtime: str = OPTIONS_BY_KEY["runtime"].default

@@ -36,6 +36,8 @@ from rktlet.pod.containers import ContainerManager
 from rktlet.pod.engine import Engine
 from rktlet.pod.sandboxes import SandboxManager
 from rktlet.pod.stats import StatsCollector
+from rktlet.pod.streaming import StreamingBackend
+from rktlet.stream.server import StreamService
 from rktlet.pod.store import ContainerStore, PodStore
 
 log = logs.logger("rktlet.tap")
@@ -149,14 +151,23 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             runtimes, conmons, layout,
         )
         in_use.append(containers.layers_in_use)
+        streams = StreamService(
+            reactor,
+            config.stream_address,
+            StreamingBackend(reactor, threadpool, containers, sandboxes),
+            tls_cert=config.stream_tls_cert or None,
+            tls_key=config.stream_tls_key or None,
+            idle_timeout=config.stream_idle_timeout,
+        )
         engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers,
-                        stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes))
+                        stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes), streams=streams)
         engine.load()
     except BaseException:
         claim.release()
         raise
     bridge = ReactorBridge(reactor)
     top = MultiService()
+    streams.setServiceParent(top)  # listening before the RPCs that hand out its URLs are served
     grpc_service = GrpcServerService(
         claim,
         [

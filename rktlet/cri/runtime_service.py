@@ -12,6 +12,7 @@ import grpc
 from rktlet.cri import container_convert, sandbox_convert, stats_convert
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer, paged
+from rktlet.cri.streaming_rpcs import StreamingRPCs
 from rktlet.errors import Unimplemented
 
 _CGROUP_DRIVERS = {"cgroupfs": pb.CGROUPFS, "systemd": pb.SYSTEMD}
@@ -27,7 +28,7 @@ _EVENT_TYPES = {
 }
 
 
-class RuntimeService(Servicer):
+class RuntimeService(StreamingRPCs, Servicer):
     """``runtime.v1.RuntimeService``."""
 
     def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionResponse:

@@ -1,40 +1,50 @@
 """Running a command in a running container: rkt's ``enter``, done with
 ``runc exec``.
 
-Both CRI uses go through one ``runc --root=<state> exec --process <json>
---pid-file <file> <id>`` run in the foreground (runc stays until the command
-ends and passes its exit status on):
+Both CRI uses run ``runc --root=<state> exec --process <json> --pid-file
+<file> <id>``; the process spec is the container's own ``process`` from
+``<bundle>/config.json`` (same user, env, cwd, capabilities,
+noNewPrivileges, AppArmor profile, rlimits) with ``args`` replaced and
+``terminal`` set per request.
 
 * **ExecSync** (:func:`exec_sync`, probes and ``crictl exec -s``): stdout and
   stderr are pipes, each kept up to :data:`EXEC_SYNC_OUTPUT_LIMIT` (16 MiB,
   CVE-2022-1708); a timeout kills everything the command started and raises
   :class:`~rktlet.errors.DeadlineExceeded`. No terminal, as in containerd.
 * **Exec** (:func:`start_exec`, the streaming server): an
-  :class:`ExecSession` (a :class:`rktlet.stream.session.ProcessIO`). Without
-  a tty, stdin/stdout/stderr are pipes. With a tty, runc itself runs on a
-  pseudo-terminal we open (as CRI-O does): runc 1.1.5, when the process spec
-  says ``terminal: true`` and no ``--console-socket`` is given, creates the
-  container-side console and proxies it to its own stdio, puts our pty in
-  raw mode and copies the window size across on every SIGWINCH. A resize is
-  therefore a TIOCSWINSZ on our pty master; the kernel sends runc the
-  SIGWINCH.
+  :class:`ExecSession` (a :class:`rktlet.stream.session.ProcessIO`).
 
-The process spec is the container's own ``process`` from
-``<bundle>/config.json`` (same user, env, cwd, capabilities,
-noNewPrivileges, AppArmor profile, rlimits) with ``args`` replaced and
-``terminal`` set per request. runc's own errors (a missing executable, a
-stopped container) are told apart from the command's output through
-``--log <file> --log-format json``: an error record there means runc failed
-and the command never ran.
+**Pipes (no tty).** A foreground ``runc exec`` (1.1.5) does not hand our
+pipes to the command: it makes pipes of its own, copies between them and
+its stdio, and before exiting waits for those copies to end — so a command
+that leaves a background child holding stdout (``sleep 100 & echo hi``)
+keeps runc, and the call, waiting as long as that child lives. rktlet
+therefore runs ``runc exec --detach`` — the command inherits our pipes
+directly, runc exits once it has started it — under a tiny reaper
+(:data:`_REAPER`, run with this Python, ``-I -S``): it makes itself a child
+subreaper (``PR_SET_CHILD_SUBREAPER``), so the command becomes its child
+when runc exits, waits for it and reports ``exit <code>`` (or ``runc
+<status>`` when runc failed) on fd 3. Once the command has ended, output is
+drained for :data:`DRAIN_GRACE` and our pipe ends are closed, whatever
+still holds the other ends. (CRI-O gets the same from conmon's exec mode.)
 
-runc's init stage calls ``setsid()``, so the exec'd process leads a session
-and process group of its own (its host pid is what ``--pid-file`` holds).
-Ending an exec kills that process group and every process still in its
-session (what a non-interactive shell's ``&`` or an interactive shell's jobs
-started), then runc, its parent, exits by itself; runc is killed only if it
-lingers. A command that leaves a background child holding stdout does not
-hold the call: once runc has exited, output is drained for
-:data:`DRAIN_GRACE` and the pipes are closed.
+**Terminal.** runc runs in the foreground on a pseudo-terminal we open, as
+in CRI-O: with ``terminal: true`` and no ``--console-socket``, runc 1.1.5
+creates the container-side console itself, proxies it to its own stdio
+(putting our pty in raw mode) and copies our window size to it at start
+and on every SIGWINCH. A resize is thus a TIOCSWINSZ on our pty master; the
+kernel sends runc the SIGWINCH. runc closes the console when the command
+exits, so a background child does not hold a tty session.
+
+runc's own errors (a missing executable, a stopped container) are told
+apart from the command's output through ``--log <file> --log-format json``:
+an error record there means runc failed and the command never ran.
+
+runc's init stage calls ``setsid()``, so the command leads a session and
+process group of its own (its host pid is what ``--pid-file`` holds).
+Ending an exec kills that process group and every process left in its
+session (what a shell's ``&`` or an interactive shell's jobs started);
+runc, or the reaper, then exits by itself and is killed only if it lingers.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import pty
 import secrets
 import signal
 import struct
+import sys
 import termios
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -66,9 +77,11 @@ from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime
 __all__ = [
     "DRAIN_GRACE",
     "EXEC_SYNC_OUTPUT_LIMIT",
+    "ExecResult",
     "ExecSession",
     "exec_process_spec",
     "exec_sync",
+    "parse_reaper_report",
     "parse_runc_log",
     "session_members",
     "start_exec",
@@ -80,13 +93,17 @@ log = logger("rktlet.oci.exec")
 #: containerd cap at 16 MiB since CVE-2022-1708).
 EXEC_SYNC_OUTPUT_LIMIT = 16 << 20
 
-#: After runc has exited, how long output is still read before the pipes are
-#: closed (a background child of the command may hold them open forever).
+#: After the command has ended, how long output is still read before our
+#: pipe ends are closed (a background child may hold the others forever).
 DRAIN_GRACE = 0.2
 
-#: After the exec'd processes were killed, how long runc gets to notice and
-#: exit before it is killed too.
+#: After the exec'd processes were killed, how long runc (or the reaper)
+#: gets to exit before it is killed too; also how long a kill waits for
+#: runc to write the command's pid.
 KILL_GRACE = 2.0
+
+#: How often a kill looks for the pid file runc has not written yet.
+_PID_POLL = 0.02
 
 #: The window size a tty exec starts with until the client sends its own
 #: (0x0 makes many programs misbehave).
@@ -94,18 +111,65 @@ DEFAULT_WINDOW = (80, 24)
 
 _TRUNCATED_NOTE = "\n... {stream} truncated at {limit} MiB by rktlet\n"
 
+#: The reaper run around ``runc exec --detach`` (argv: pid file, then runc's
+#: argv). It must become a subreaper before runc starts the command, reaps
+#: whatever it inherits, and writes one line on fd 3: ``exit <code>`` (128 +
+#: N after signal N), ``runc <status>`` (runc failed: see its log), or
+#: ``lost <why>``. Its own stdio is closed once runc is started, so only
+#: the command holds our pipes.
+_REAPER = r"""
+import ctypes, os, sys
+def report(line):
+    os.write(3, line.encode() + b"\n")
+    os._exit(0)
+def code(status):
+    c = os.waitstatus_to_exitcode(status)
+    return c if c >= 0 else 128 - c
+os.set_inheritable(3, False)
+if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+    report("lost prctl(PR_SET_CHILD_SUBREAPER) failed")
+pid_file, argv = sys.argv[1], sys.argv[2:]
+try:
+    runc = os.posix_spawn(argv[0], argv, os.environ)
+except OSError as e:
+    report("lost cannot run %s: %s" % (argv[0], e.strerror))
+os.closerange(0, 3)
+reaped = {}  # a quick command may be handed over, and reaped, before runc
+while runc not in reaped:
+    pid, status = os.waitpid(-1, 0)
+    reaped[pid] = status
+if code(reaped[runc]) != 0:
+    report("runc %d" % code(reaped[runc]))
+try:
+    with open(pid_file) as f:
+        target = int(f.read().strip())
+except (OSError, ValueError) as e:
+    report("lost no pid from runc: %s" % e)
+while target not in reaped:
+    try:
+        pid, status = os.waitpid(-1, 0)
+    except ChildProcessError:
+        report("lost the command was not handed to the reaper")
+    reaped[pid] = status
+report("exit %d" % code(reaped[target]))
+"""
+
 
 # ---------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------
 
-def exec_process_spec(container_process: dict[str, Any], args: Sequence[str], tty: bool) -> dict[str, Any]:
+def exec_process_spec(container_process: dict[str, Any], args: Sequence[str], tty: bool,
+                      window: tuple[int, int] = DEFAULT_WINDOW) -> dict[str, Any]:
     """The OCI ``process`` for an exec: the container's own *container_process*
     (user, env, cwd, capabilities, noNewPrivileges, apparmorProfile, rlimits,
     oomScoreAdj…) with ``args`` replaced and ``terminal`` set to *tty*.
 
     A tty exec gets ``TERM=xterm`` when the container's env has no TERM (as
-    containerd does), so that full-screen programs work.
+    containerd does), so that full-screen programs work, and a
+    ``consoleSize`` of *window* (width, height): runc sizes the console with
+    it before the command starts, where its own first copy of our pty's
+    size may come only after the command has looked.
 
     :raises InvalidArgument: *args* is empty or not all strings.
     """
@@ -119,6 +183,8 @@ def exec_process_spec(container_process: dict[str, Any], args: Sequence[str], tt
     # The container's console size does not apply to another terminal (and
     # without a terminal runc rejects it).
     process.pop("consoleSize", None)
+    if tty:
+        process["consoleSize"] = {"width": window[0], "height": window[1]}
     env = list(process.get("env") or [])
     if tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
@@ -167,6 +233,19 @@ def parse_runc_log(data: bytes) -> str:
     return "; ".join(m for m in messages if m)
 
 
+def parse_reaper_report(data: bytes) -> tuple[str, int | None, str]:
+    """The reaper's line as ``(kind, number, text)``: ``("exit", code, "")``,
+    ``("runc", status, "")``, ``("lost", None, why)``; ``("lost", None,
+    …)`` also for nothing or garbage (the reaper was killed)."""
+    line = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    kind, _, rest = line.partition(" ")
+    if kind in ("exit", "runc") and rest.lstrip("-").isdigit():
+        return kind, int(rest), ""
+    if kind == "lost":
+        return kind, None, rest
+    return "lost", None, "the reaper ended without reporting" if not line else f"unreadable report {line[:100]!r}"
+
+
 def exit_code_of(reason: Failure) -> int:
     """The exit status of an ended process in shell terms: its exit code, or
     128 + N when signal N killed it."""
@@ -209,14 +288,9 @@ def session_members(leader: int) -> list[int]:
 def _kill_session(leader: int) -> None:
     """SIGKILL the exec'd process *leader*, its process group and everything
     left in its session."""
-    for target in (-leader, leader):
+    for target in (-leader, leader, *session_members(leader)):
         try:
             os.kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in session_members(leader):
-        try:
-            os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -277,13 +351,20 @@ class _ExecFiles:
                 log.warn("could not remove {path}: {error}", path=path, error=os.strerror(e.errno or 0))
 
 
-def _argv(runtime: OCIRuntime, files: _ExecFiles, container_id: str) -> list[str]:
+def _runc_argv(runtime: OCIRuntime, files: _ExecFiles, container_id: str, detach: bool) -> list[str]:
     return [
         runtime.binary, *runtime.global_args,
         "--log", files.log, "--log-format", "json",
-        "exec", "--process", files.process, "--pid-file", files.pid,
+        "exec", *(["--detach"] if detach else []),
+        "--process", files.process, "--pid-file", files.pid,
         container_id,
     ]  # fmt: skip
+
+
+def _reaper_argv(runtime: OCIRuntime, files: _ExecFiles, container_id: str) -> list[str]:
+    # This interpreter, -I -S: no site packages, no environment: it starts in
+    # ~20 ms (a whole ExecSync of `true` takes ~45 ms here).
+    return [sys.executable or "python3", "-I", "-S", "-c", _REAPER, files.pid, *_runc_argv(runtime, files, container_id, True)]
 
 
 def _env() -> dict[str, str]:
@@ -292,11 +373,11 @@ def _env() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ExecResult:
-    """How a ``runc exec`` ended.
+    """How an exec ended.
 
     :ivar exit_code: the command's exit status (128 + N after signal N).
-    :ivar runc_error: runc's own error when it could not run the command
-        (then *exit_code* is runc's, not the command's).
+    :ivar runc_error: why the command could not be run (runc's own words),
+        if it could not; *exit_code* is meaningless then.
     :ivar killed: rktlet killed it (timeout, terminate, cancel).
     """
 
@@ -306,30 +387,35 @@ class ExecResult:
 
 
 # ---------------------------------------------------------------------------
-# The runc exec process
+# The exec process
 # ---------------------------------------------------------------------------
 
-class _RuncExec(ProcessProtocol):
-    """Our side of one foreground ``runc exec``: output to callbacks, the
-    drain after runc's exit, killing, the files' removal.
+class _ExecProtocol(ProcessProtocol):
+    """Our side of one exec — the reaper around ``runc exec --detach``
+    (pipes), or a foreground ``runc exec`` (pty): output to callbacks, the
+    drain after the command's end, killing, the files' removal.
 
-    :ivar ended: fires with an :class:`ExecResult` once runc has been
-        reaped, its pipes are closed and the exec's files are removed.
+    :ivar ended: fires with an :class:`ExecResult` once the process has been
+        reaped, our pipe ends are closed and the exec's files are removed.
     """
 
     def __init__(self, reactor: Any, files: _ExecFiles, on_stdout: Callable[[bytes], None],
-                 on_stderr: Callable[[bytes], None], drain_grace: float = DRAIN_GRACE) -> None:
+                 on_stderr: Callable[[bytes], None], reaper: bool, drain_grace: float = DRAIN_GRACE) -> None:
         self.ended: Deferred[ExecResult] = Deferred()
         self._reactor = reactor
         self._files = files
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
+        self._reaper = reaper
         self._drain_grace = drain_grace
+        self._report = b""
         self.exited = False
         self.killed = False
         self.paused = False
         self._drain_timer: Any = None
         self._kill_timer: Any = None
+        self._kill_deadline = 0.0
+        self._process_killed = False
         self._cut_pending = False
         self._exit_reason: Failure | None = None
 
@@ -340,6 +426,8 @@ class _RuncExec(ProcessProtocol):
             self._on_stdout(data)
         elif childFD == 2:
             self._on_stderr(data)
+        elif childFD == 3 and len(self._report) < 4096:
+            self._report += data
 
     def pause(self) -> None:
         """Stop reading output (the consumer is slow)."""
@@ -350,7 +438,7 @@ class _RuncExec(ProcessProtocol):
         self.paused = False
         self.transport.resumeProducing()
         if self._cut_pending:
-            # What was held back by the pause is read now; cut after a grace.
+            # What the pause held back is read now; cut after a grace.
             self._cut_pending = False
             self._schedule_cut()
 
@@ -362,9 +450,10 @@ class _RuncExec(ProcessProtocol):
         if self._kill_timer is not None and self._kill_timer.active():
             self._kill_timer.cancel()
         self._kill_timer = None
-        if self.killed:
-            # runc may have been killed between starting the command and
-            # writing its pid: the command would run on unobserved.
+        if self._process_killed:
+            # We killed runc (or the reaper) itself: it may have started the
+            # command after we last looked for its pid, and nobody waits for
+            # it now. It must not run on unobserved.
             pid = self._files.read_pid()
             if pid is not None:
                 _kill_session(pid)
@@ -375,8 +464,8 @@ class _RuncExec(ProcessProtocol):
             self._drain_timer = self._reactor.callLater(self._drain_grace, self._cut)
 
     def _cut(self) -> None:
-        """Close our ends of the pipes: what runc's command wrote before it
-        ended has been read; whatever still holds them is a background child."""
+        """Close our pipe ends: what the command wrote before it ended has
+        been read; whatever still holds the other ends is a background child."""
         self._drain_timer = None
         if self.paused and not self.killed:
             # Unread output may still sit in the pipes: wait for the reader.
@@ -389,55 +478,86 @@ class _RuncExec(ProcessProtocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._drain_timer = self._kill_timer = None
-        result = ExecResult(
-            exit_code=exit_code_of(self._exit_reason or reason),
-            runc_error=self._files.runc_error(),
-            killed=self.killed,
-        )
+        result = self._result(self._exit_reason or reason)
         self._files.remove()
         self.ended.callback(result)
+
+    def _result(self, reason: Failure) -> ExecResult:
+        runc_error = self._files.runc_error()
+        if not self._reaper:
+            return ExecResult(exit_code_of(reason), runc_error, self.killed)
+        kind, number, why = parse_reaper_report(self._report)
+        if kind == "exit" and number is not None:
+            return ExecResult(number, "", self.killed)
+        if kind == "runc":
+            return ExecResult(number if number is not None else 255,
+                              runc_error or f"runc exec failed with status {number}", self.killed)
+        if self.killed:
+            return ExecResult(exit_code_of(reason), "", True)
+        return ExecResult(255, runc_error or f"exec: {why}", False)
 
     # -- killing --------------------------------------------------------------
 
     def kill(self) -> None:
-        """End the exec: SIGKILL the command's session (or runc, if the
-        command's pid is not known yet); runc is killed too if it has not
-        exited after :data:`KILL_GRACE` seconds. Idempotent."""
-        if self.killed or self.exited:
+        """End the exec: SIGKILL the command's session, once its pid is known;
+        runc or the reaper is killed too if it has not exited after
+        :data:`KILL_GRACE` seconds. Idempotent."""
+        if self.exited:
             self.killed = True
-            self._cut_now()
+            # Only background children can hold the pipes now: stop draining.
+            if self._drain_timer is not None and self._drain_timer.active():
+                self._drain_timer.cancel()
+            self._drain_timer = None
+            self.transport.loseConnection()
+            return
+        if self.killed:
             return
         self.killed = True
-        # runc has not been reaped, so the command (its child) cannot have
-        # been reaped either: its pid still names it.
+        self._kill_deadline = self._reactor.seconds() + KILL_GRACE
+        self._kill_command()
+
+    def _kill_command(self) -> None:
+        self._kill_timer = None
+        if self.exited:
+            return
+        # The process we spawned has not exited: the command is still runc's
+        # child (pty), or the reaper's, which reports and exits right after
+        # reaping it — its pid still names it (or nothing).
         pid = self._files.read_pid()
         if pid is not None:
             _kill_session(pid)
-            self._kill_timer = self._reactor.callLater(KILL_GRACE, self._kill_runc)
+            self._kill_timer = self._reactor.callLater(
+                max(0.0, self._kill_deadline - self._reactor.seconds()), self._kill_process)
+        elif self._reactor.seconds() < self._kill_deadline:
+            # runc has not started the command (or written its pid) yet.
+            self._kill_timer = self._reactor.callLater(_PID_POLL, self._kill_command)
         else:
-            self._kill_runc()
+            self._kill_process()
 
-    def _kill_runc(self) -> None:
+    def _kill_process(self) -> None:
         self._kill_timer = None
+        self._process_killed = True
         try:
             self.transport.signalProcess("KILL")
         except ProcessExitedAlready:
             pass
 
-    def _cut_now(self) -> None:
-        if self.exited:
-            if self._drain_timer is not None and self._drain_timer.active():
-                self._drain_timer.cancel()
-            self._drain_timer = None
-            self.transport.loseConnection()
 
-
-def _spawn(reactor: Any, proto: _RuncExec, argv: list[str], files: _ExecFiles, **kwargs: Any) -> None:
+def _spawn(reactor: Any, proto: _ExecProtocol, argv: list[str], files: _ExecFiles, **kwargs: Any) -> None:
     try:
         reactor.spawnProcess(proto, argv[0], argv, env=_env(), **kwargs)
     except OSError as e:
         files.remove()
         raise RuntimeFailure(f"exec: cannot run {argv[0]}: {os.strerror(e.errno or 0)}") from e
+
+
+def _spawn_piped(reactor: Any, runtime: OCIRuntime, container_id: str, files: _ExecFiles,
+                 on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None]) -> _ExecProtocol:
+    """The command with our pipes as its stdin, stdout and stderr, under the reaper."""
+    proto = _ExecProtocol(reactor, files, on_stdout, on_stderr, reaper=True)
+    _spawn(reactor, proto, _reaper_argv(runtime, files, container_id), files,
+           childFDs={0: "w", 1: "r", 2: "r", 3: "r"})
+    return proto
 
 
 # ---------------------------------------------------------------------------
@@ -456,7 +576,7 @@ class _Capped:
         room = self.limit - len(self.data)
         if room > 0:
             self.data += chunk[:room]
-        self.dropped += max(0, len(chunk) - max(room, 0))
+        self.dropped += len(chunk) - max(0, min(room, len(chunk)))
 
 
 def _describe(cmd: Sequence[str]) -> str:
@@ -481,9 +601,8 @@ async def exec_sync(reactor: Any, runtime: OCIRuntime, container_id: str, bundle
     process = exec_process_spec(load_container_process(bundle), cmd, tty=False)
     files = _ExecFiles.write(bundle, process)
     out, err = _Capped(limit), _Capped(limit)
-    proto = _RuncExec(reactor, files, out.add, err.add)
+    proto = _spawn_piped(reactor, runtime, container_id, files, out.add, err.add)
     # Empty stdin: the pipe is closed at once (EOF), as CRI-O gives /dev/null.
-    _spawn(reactor, proto, _argv(runtime, files, container_id), files, childFDs={0: "w", 1: "r", 2: "r"})
     proto.transport.closeStdin()
     timed_out = False
 
@@ -554,12 +673,12 @@ class _InputFlow:
 
 
 class ExecSession:
-    """One interactive ``runc exec`` (a :class:`~rktlet.stream.session.ProcessIO`).
+    """One interactive exec (a :class:`~rktlet.stream.session.ProcessIO`).
 
     Made by :func:`start_exec`. :attr:`done` fires with the exit code (128 +
-    N after signal N) once runc has ended and the output has been delivered
-    to the terminal; it fails with :class:`RuntimeFailure` when runc could
-    not run the command.
+    N after signal N) once the command has ended and its output has been
+    delivered to the terminal; it fails with :class:`RuntimeFailure` when
+    runc could not run the command.
     """
 
     def __init__(self, reactor: Any, terminal: Any, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
@@ -570,7 +689,7 @@ class ExecSession:
         self._want_stdin = stdin
         self._want_stdout = stdout
         self._want_stderr = stderr and not tty
-        self._proto: _RuncExec | None = None
+        self._proto: _ExecProtocol | None = None
         self._stdin_closed = not stdin
         self._window: tuple[int, int] | None = None
 
@@ -579,23 +698,23 @@ class ExecSession:
     def _start(self, runtime: OCIRuntime, container_id: str, bundle: str, cmd: Sequence[str]) -> None:
         process = exec_process_spec(load_container_process(bundle), cmd, tty=self.tty)
         files = _ExecFiles.write(bundle, process)
-        proto = _RuncExec(self._reactor, files, self._out, self._err)
-        argv = _argv(runtime, files, container_id)
-        if self.tty:
+        if not self.tty:
+            proto = _spawn_piped(self._reactor, runtime, container_id, files, self._out, self._err)
+        else:
+            proto = _ExecProtocol(self._reactor, files, self._out, self._err, reaper=False)
             master, slave = pty.openpty()
             # Sized before runc starts: runc copies our size to the container's
             # console once at start, then on each SIGWINCH.
             _set_window(master, *DEFAULT_WINDOW)
             try:
-                # Twisted forks for a pty (posix_spawn cannot set a controlling
+                # Twisted forks for a pty (posix_spawn cannot give a controlling
                 # terminal); it closes the slave in the parent and owns the master.
-                _spawn(self._reactor, proto, argv, files, usePTY=(master, slave, os.ttyname(slave)))
+                _spawn(self._reactor, proto, _runc_argv(runtime, files, container_id, detach=False), files,
+                       usePTY=(master, slave, os.ttyname(slave)))
             except BaseException:
                 os.close(master)
                 os.close(slave)
                 raise
-        else:
-            _spawn(self._reactor, proto, argv, files, childFDs={0: "w", 1: "r", 2: "r"})
         self._proto = proto
         if self._want_stdin:
             proto.transport.registerProducer(_InputFlow(self._terminal), True)
@@ -634,7 +753,8 @@ class ExecSession:
 
     @property
     def pid(self) -> int | None:
-        """runc's pid (None once it has been reaped)."""
+        """The pid of the process rktlet spawned — runc (tty) or the reaper
+        around it — None once it has been reaped."""
         transport = self._proto.transport if self._proto is not None else None
         return getattr(transport, "pid", None)
 

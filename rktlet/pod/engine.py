@@ -55,6 +55,7 @@ class Engine:
     :param containers: the container manager (``rktlet.pod.containers``),
         or ``None`` where a test needs no containers.
     :param stats: the statistics collector (``rktlet.pod.stats``).
+    :param streams: the streaming server (``new_session(request) -> url``).
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Engine:
         sandboxes: Any = None,
         containers: Any = None,
         stats: Any = None,
+        streams: Any = None,
     ) -> None:
         self.config = config
         self._reactor = reactor
@@ -74,6 +76,7 @@ class Engine:
         self.sandboxes = sandboxes
         self.containers = containers
         self.stats = stats
+        self.streams = streams
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
         self.pod_cidrs: tuple[str, ...] = ()
         self.versions: dict[str, Any] = {}

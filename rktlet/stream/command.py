@@ -210,6 +210,10 @@ class CommandSession:
         self._stdin_closed = True
         if self.io is not None:
             self.io.close_stdin()
+        # No more stdin will come: a pause the backend asked for because its
+        # stdin was full must not keep the client's socket unread (pings,
+        # the client's close).
+        self._wire.resume_input()
 
     def resize(self, width: int, height: int) -> None:
         if self.ended:

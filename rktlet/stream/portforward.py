@@ -88,6 +88,7 @@ class ForwardedConnection(Protocol):
         self._client_eof = False
         self._pod_eof = False
         self._aborted = False
+        self._registered = False
         self.connected = False
         self.finished = False
 
@@ -128,6 +129,7 @@ class ForwardedConnection(Protocol):
             self.transport.abortConnection()
             return
         self.transport.registerProducer(PauseReadingProducer(self._pauser, self), True)
+        self._registered = True
         self._add_producer(self.transport)
         pending, self._pending = self._pending, []
         self._pending_size = 0
@@ -146,11 +148,11 @@ class ForwardedConnection(Protocol):
         if not self._aborted:
             self._side.deliver_end()
         if self._client_eof:
-            self.transport.loseConnection()
+            self._close()
 
     def writeConnectionLost(self) -> None:
         if self._pod_eof:
-            self.transport.loseConnection()
+            self._close()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.finished = True
@@ -170,13 +172,27 @@ class ForwardedConnection(Protocol):
 
     def _half_close_or_close(self) -> None:
         if self._pod_eof:
-            self.transport.loseConnection()
+            self._close()
             return
         lose_write = getattr(self.transport, "loseWriteConnection", None)
         if lose_write is None:
-            self.transport.loseConnection()
-        else:
-            lose_write()
+            self._close()
+            return
+        self._unregister()
+        lose_write()
+
+    def _close(self) -> None:
+        self._unregister()
+        self.transport.loseConnection()
+
+    def _unregister(self) -> None:
+        """Nothing more is written to the pod: drop the producer first, or a
+        transport whose producer is paused when its buffer drains resumes it
+        instead of (half-)closing, and never does."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        self._resume_client()
 
     def _resume_client(self) -> None:
         pauser = self._pauser()

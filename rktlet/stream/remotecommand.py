@@ -231,7 +231,7 @@ class SpdyCommandHandler:
             have=sorted(self.streams),
             want=sorted(self._expected),
         )
-        self.connection.transport.loseConnection()
+        self.connection.close()
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None and self._timeout.active():

@@ -289,10 +289,10 @@ class _Root(Resource):
         super().__init__()
         self._server = server
 
-    def render_GET(self, request: Request) -> bytes | int:
-        return self._server.serve(request)
-
-    def render_POST(self, request: Request) -> bytes | int:
+    def render(self, request: Request) -> bytes | int:
+        if request.method not in (b"GET", b"POST"):
+            request.setHeader(b"Allow", b"GET, POST")
+            return _error(request, 405, "405 method not allowed")
         return self._server.serve(request)
 
 

@@ -165,6 +165,7 @@ class SpdyConnection(Protocol):
         self._finishing = False
         self._finish_call = None
         self._lost = False
+        self._registered = False
         self.producers = ProducerFanout()
         self.reading: ReadPauser | None = None
         self._idle: IdleTimer | None = None
@@ -176,6 +177,7 @@ class SpdyConnection(Protocol):
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self.producers, True)
+            self._registered = True
         self._idle = IdleTimer(self._clock, self._idle_timeout, self._idle_expired)
         self.handler = self._handler_factory(self)
 
@@ -189,7 +191,7 @@ class SpdyConnection(Protocol):
         except f.ProtocolError as e:
             log.info("SPDY protocol error from {peer}: {error}", peer=self._peer(), error=e)
             self.go_away(f.GOAWAY_PROTOCOL_ERROR)
-            self.transport.loseConnection()
+            self.close()
             return
         for frame in frames:
             if self._lost:
@@ -244,9 +246,23 @@ class SpdyConnection(Protocol):
         if self.reading is not None:
             self.reading.clear()
         if self.goaway_received:
-            self.transport.loseConnection()
+            self.close()
             return
         self._finish_call = self._clock.callLater(timeout, self._finish_expired)
+
+    def close(self) -> None:
+        """Close once everything written went out.
+
+        Our producer is unregistered first: a transport whose registered
+        producer is paused when its buffer drains resumes the producer
+        instead of closing, and never closes.
+        """
+        if self._lost:
+            return
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def abort(self) -> None:
         """Drop the connection now (the daemon is stopping)."""
@@ -310,7 +326,7 @@ class SpdyConnection(Protocol):
             case f.GoAway():
                 self.goaway_received = True
                 if self._finishing:
-                    self.transport.loseConnection()
+                    self.close()
                 if self.handler is not None:
                     self.handler.goaway_received()
             case _:
@@ -350,7 +366,7 @@ class SpdyConnection(Protocol):
         log.info("SPDY session with {peer} idle, closing", peer=self._peer())
         for stream in list(self._streams.values()):
             stream.reset(f.CANCEL)
-        self.transport.loseConnection()
+        self.close()
         # A client that stopped reading never lets the buffer drain.
         if self._finish_call is not None and self._finish_call.active():
             self._finish_call.cancel()

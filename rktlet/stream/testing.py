@@ -7,15 +7,26 @@ or a socket.
 
 from __future__ import annotations
 
+import json
+import os
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from rktlet.errors import NotFound
 from rktlet.stream import spdyframes as f
+from rktlet.stream.server import StreamServer
 from rktlet.stream.session import AttachRequest, ExecRequest, Terminal
+from rktlet.stream.tokens import TokenCache
 
 
 class MemoryProcess:
@@ -172,3 +183,139 @@ class SpdyClient:
     def ended(self, sid: int) -> bool:
         """Whether the server is done sending on *sid* (FIN or RST)."""
         return sid in self.finished or sid in self.reset
+
+
+ALL_COMMAND_VERSIONS = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
+
+
+class HalfCloseableTransport(StringTransport):
+    """A StringTransport that records a write-side half-close."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class MemoryServer:
+    """A :class:`~rktlet.stream.server.StreamServer` with a fake backend and
+    one client connection to it, all in memory, plus a SPDY client.
+
+    Keyword arguments go to the StreamServer.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.clock = Clock()
+        self.backend = FakeBackend()
+        self.server = StreamServer(self.clock, self.backend, TokenCache(self.clock.seconds), **kwargs)
+        self.site = Site(self.server.resource())
+        self.transport = HalfCloseableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.proto = self.site.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+        self.client = SpdyClient()
+        self.head = b""
+
+    def url_path(self, request: Any) -> str:
+        kind, token = self.server.store(request)
+        return f"/{kind}/{token}"
+
+    def send_http(self, raw: bytes) -> bytes:
+        """Bytes in; everything the server wrote since, out."""
+        self.proto.dataReceived(raw)
+        out = self.transport.value()
+        self.transport.clear()
+        return out
+
+    def upgrade(self, request: Any, protocols: list[str] = ALL_COMMAND_VERSIONS, extra: bytes = b"") -> bytes:
+        """Store *request*, upgrade to SPDY for it; the 101 head."""
+        out = self.send_http(upgrade_request(self.url_path(request), protocols) + extra)
+        self.head, _, rest = out.partition(b"\r\n\r\n")
+        if not self.head.startswith(b"HTTP/1.1 101 "):
+            raise AssertionError(f"no upgrade: {out!r}")
+        self.client.receive(rest)
+        return self.head
+
+    def send(self, data: bytes) -> list[f.Frame]:
+        self.proto.dataReceived(data)
+        return self.pull()
+
+    def pull(self) -> list[f.Frame]:
+        out = self.transport.value()
+        self.transport.clear()
+        return self.client.receive(out)
+
+    def open(self, streamtype: str, **headers: str) -> int:
+        """Open a stream and check it was replied to; its id."""
+        sid, syn = self.client.open({"streamtype": streamtype, **headers})
+        frames = self.send(syn)
+        if f.SynReply(sid) not in frames:
+            raise AssertionError(f"stream {streamtype} not replied: {frames}")
+        return sid
+
+    def open_all(self, *types: str) -> dict[str, int]:
+        return {t: self.open(t) for t in types}
+
+    def status(self, sid: int) -> dict:
+        return json.loads(bytes(self.client.streams[sid]))
+
+    def lose(self) -> None:
+        """The client connection goes away."""
+        self.transport.loseConnection()
+        self.proto.connectionLost(Failure(ConnectionLost("gone")))
+
+
+# -- WebSocket, client side ------------------------------------------------------
+
+WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 1, 2, 8, 9, 10
+
+
+def websocket_request(path: str, protocols: list[str] | None, key: str = "dGhlIHNhbXBsZSBub25jZQ==") -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if protocols is not None:
+        lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def websocket_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final client frame (masked, as RFC 6455 requires of clients)."""
+    mask = mask if mask is not None else os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack(">BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+def parse_websocket_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Server frames (unmasked) in *data*: ([(opcode, payload)], leftover)."""
+    frames = []
+    pos = 0
+    while len(data) - pos >= 2:
+        b0, b1 = data[pos], data[pos + 1]
+        n, at = b1 & 0x7F, pos + 2
+        if n == 126:
+            if len(data) - at < 2:
+                break
+            (n,) = struct.unpack_from(">H", data, at)
+            at += 2
+        elif n == 127:
+            if len(data) - at < 8:
+                break
+            (n,) = struct.unpack_from(">Q", data, at)
+            at += 8
+        if len(data) - at < n:
+            break
+        frames.append((b0 & 0x0F, data[at : at + n]))
+        pos = at + n
+    return frames, data[pos:]

@@ -140,6 +140,7 @@ class _SessionProtocol(WebSocketServerProtocol):
         self._idle: IdleTimer | None = None
         self.closing = False
         self._gone = False
+        self._registered = False
 
     def onConnect(self, request):
         return self.subprotocol or None
@@ -148,6 +149,7 @@ class _SessionProtocol(WebSocketServerProtocol):
         super().connectionMade()
         self.reading = ReadPauser(self.transport)
         self.transport.registerProducer(self.producers, True)
+        self._registered = True
 
     def onOpen(self) -> None:
         self._idle = IdleTimer(self._clock, self._idle_timeout, self._idle_expired)
@@ -183,6 +185,21 @@ class _SessionProtocol(WebSocketServerProtocol):
         if self.reading is not None:
             self.reading.clear()
         self.sendClose(NORMAL_CLOSURE)
+
+    def unregisterProducer(self) -> None:
+        # autobahn unregisters before it closes the TCP connection (a
+        # transport whose producer is paused when its buffer drains resumes
+        # it instead of closing); only once, and only what we registered.
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close with a protocol-level status (1002, 1003, ...), which
+        ``sendClose`` reserves to autobahn."""
+        if not self.closing and not self._gone:
+            self.closing = True
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123], isReply=False)
 
     def abort(self) -> None:
         if not self._gone:
@@ -227,8 +244,7 @@ class CommandProtocol(_SessionProtocol):
             return
         if channel == CLOSE_SIGNAL and self.channel_protocol.version >= 5:
             if len(data) != 1:
-                log.info("bad close signal on a v5 session, closing")
-                self.sendClose(1002)
+                self.fail(1002, "bad close signal")
                 return
             if data[0] == STDIN:
                 self.session.stdin_closed()
@@ -411,8 +427,7 @@ class TunnelProtocol(_SessionProtocol):
 
     def message_received(self, payload: bytes, is_binary: bool) -> None:
         if not is_binary:
-            log.info("text message in a SPDY tunnel, closing")
-            self.sendClose(1003)
+            self.fail(1003, "text message in a SPDY tunnel")
             return
         self.spdy.dataReceived(payload)
 

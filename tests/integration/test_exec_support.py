@@ -63,9 +63,27 @@ async def within(d: Deferred, timeout: float = 15.0) -> Any:
     return await d.addTimeout(timeout, reactor)
 
 
-def open_fds() -> set[int]:
-    """This process's open file descriptors."""
-    return {int(n) for n in os.listdir("/proc/self/fd")}
+def fd_target(fd: int) -> str | None:
+    """What file descriptor *fd* of this process is (``pipe:[…]``,
+    ``socket:[…]``, a path), or None when it is closed."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open file descriptors and what they are — except
+    eventfds and sockets, which the test process's gRPC client opens and
+    closes on its own (its fork handlers replace eventfds whenever a pty
+    exec forks; its channel reconnects): tests check the sockets they care
+    about one by one (:func:`fd_target`)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        target = fd_target(int(name))
+        if target is not None and target != "anon_inode:[eventfd]" and not target.startswith("socket:"):
+            found[int(name)] = target
+    return found
 
 
 def pids_running(*argv_words: str) -> list[int]:

@@ -433,8 +433,24 @@ def test_slow_but_moving_download_succeeds(make_daemon, make_proxy, registry):
     proxy = make_proxy(registry.url, rate=500_000)  # ~4 s for the one 2 MB layer
     daemon = make_daemon(["--pull-progress-timeout", "2"])
     started = time.monotonic()
+    seen: list[dict] = []
+
+    def watch_status() -> None:
+        # While it runs, the pull shows in Status verbose info with its bytes.
+        while not seen and time.monotonic() - started < 20:
+            info = daemon.runtime().Status(pb.StatusRequest(verbose=True), timeout=10).info
+            pulls = json.loads(info.get("imagePulls", "[]"))
+            if pulls and any(layer["bytesDone"] > 0 for layer in pulls[0]["layers"]):
+                seen.append(pulls[0])
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_status, daemon=True)
+    watcher.start()
     assert pull(daemon, f"{proxy.host}/{repo}:latest", timeout=30) == image.image_id
     elapsed = time.monotonic() - started
+    watcher.join(5)
+    assert seen and seen[0]["image"] == f"{proxy.host}/{repo}:latest", seen
+    assert seen[0]["layers"][0]["bytesTotal"] == image.layers[0].size
     assert elapsed > 3, f"the proxy did not throttle ({elapsed:.1f}s)"
     assert ingest_files(daemon) == []
 

@@ -17,9 +17,12 @@ FORBIDDEN = {
     "stream": {"cri", "tap"},
     "cri": {"stream", "tap"},
 }
+# The CRI RPCs that prepare streaming sessions build the session requests
+# the streaming server defines: that one module of types is shared.
+ALLOWED = {("cri", "rktlet.stream.session")}
 
 
-def imported_layers(path: pathlib.Path) -> set[str]:
+def imported_layers(path: pathlib.Path, layer: str = "") -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     layers = set()
     for node in ast.walk(tree):
@@ -29,6 +32,8 @@ def imported_layers(path: pathlib.Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         for name in names:
+            if (layer, name) in ALLOWED:
+                continue
             parts = name.split(".")
             if parts[0] == "rktlet" and len(parts) > 1:
                 layers.add(parts[1])
@@ -39,7 +44,7 @@ def test_no_upward_imports():
     problems = []
     for layer, forbidden in FORBIDDEN.items():
         for path in (PACKAGE / layer).rglob("*.py"):
-            bad = imported_layers(path) & forbidden
+            bad = imported_layers(path, layer) & forbidden
             if bad:
                 problems.append(f"{path.relative_to(PACKAGE.parent)} imports {sorted(bad)}")
     assert not problems, "\n".join(problems)
