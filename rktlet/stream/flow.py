@@ -15,6 +15,7 @@ never updated by the Go peer, pitfall 1), so back-pressure comes from TCP:
 
 from __future__ import annotations
 
+import socket
 from typing import Callable, Hashable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -69,16 +70,60 @@ def _quietly(call: Callable[[], None]) -> None:
         pass
 
 
+# Linux TCP states (tcp_states.h) in which the peer has closed or reset.
+_PEER_CLOSED_STATES = {7, 8, 9}  # CLOSE, CLOSE_WAIT, LAST_ACK
+
+
+def peer_gone(transport) -> bool:
+    """Whether the client closed or reset a TCP connection we are not
+    reading. Reading is what normally tells us, so a paused transport needs
+    the kernel's view: a pending socket error, or a TCP state past the
+    peer's FIN. False when the transport has no socket to ask."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    getsockopt = getattr(handle, "getsockopt", None)
+    if getsockopt is None:
+        return False
+    try:
+        if getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return True
+        info = getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except (OSError, TypeError, ValueError):
+        return False
+    return info[0] in _PEER_CLOSED_STATES
+
+
 class ReadPauser:
     """Pauses reading from a transport while any reason to pause is held.
+
+    A paused transport does not notice that the client went away: its FIN
+    waits behind the data we do not read (or in the dead client's send
+    queue, behind our zero window). So a process that never reads its stdin
+    would keep a dead session, and itself, alive until the idle timeout.
+    With a *clock*, every *probe_interval* seconds while paused the socket
+    is checked and *on_probe* sends the client something (a ping): a closed
+    socket answers data with a reset, which the next check (or the failing
+    write) turns into *on_peer_gone*. For SPDY and WebSocket a TCP
+    half-close by the client is never part of a live session either.
 
     :param transport: provides ``pauseProducing``/``resumeProducing`` (for a
         TCP or TLS transport: stop/start reading the socket).
     """
 
-    def __init__(self, transport) -> None:
+    def __init__(
+        self,
+        transport,
+        clock: IReactorTime | None = None,
+        on_peer_gone: Callable[[], None] | None = None,
+        on_probe: Callable[[], None] | None = None,
+        probe_interval: float = 2.0,
+    ) -> None:
         self._transport = transport
+        self._on_probe = on_probe
         self._reasons: set[Hashable] = set()
+        self._clock = clock
+        self._on_peer_gone = on_peer_gone
+        self._probe_interval = probe_interval
+        self._probe: IDelayedCall | None = None
 
     @property
     def paused(self) -> bool:
@@ -89,19 +134,47 @@ class ReadPauser:
         self._reasons.add(reason)
         if not was:
             self._transport.pauseProducing()
+            self._schedule_probe()
 
     def resume(self, reason: Hashable) -> None:
         if reason not in self._reasons:
             return
         self._reasons.discard(reason)
         if not self._reasons:
+            self._cancel_probe()
             self._transport.resumeProducing()
 
     def clear(self) -> None:
         """Drop every reason (the session is ending and drains its input)."""
         if self._reasons:
             self._reasons.clear()
+            self._cancel_probe()
             self._transport.resumeProducing()
+
+    def stop(self) -> None:
+        """The connection is gone: no more probing."""
+        self._cancel_probe()
+
+    def _schedule_probe(self) -> None:
+        if self._clock is not None and self._on_peer_gone is not None and self._probe is None:
+            self._probe = self._clock.callLater(self._probe_interval, self._check)
+
+    def _cancel_probe(self) -> None:
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
+
+    def _check(self) -> None:
+        self._probe = None
+        if not self._reasons:
+            return
+        if peer_gone(self._transport):
+            assert self._on_peer_gone is not None
+            self._on_peer_gone()
+            return
+        if self._on_probe is not None:
+            self._on_probe()
+        self._schedule_probe()
 
 
 @implementer(IPushProducer)

@@ -154,7 +154,7 @@ class ForwardedConnection(Protocol):
         if self._pod_eof:
             self._close()
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.finished = True
         self._remove_producer(self.transport)
         self._resume_client()
@@ -214,7 +214,14 @@ class _Pair:
         self.port = port
         self.error: SpdyStream | None = None
         self.data: SpdyStream | None = None
-        self.conn: ForwardedConnection | None = None
+        # Exists from the start so that client bytes (and EOF) arriving
+        # before the pod connection is made are kept for it.
+        self.conn = ForwardedConnection(
+            self,
+            lambda: handler.connection.reading,
+            handler.connection.add_producer,
+            handler.connection.remove_producer,
+        )
         self.timer = None
 
     # ForwardSide
@@ -248,16 +255,13 @@ class _Pair:
 
     # StreamListener of the data stream
     def data_received(self, data: bytes) -> None:
-        if self.conn is not None:
-            self.conn.client_data(data)
+        self.conn.client_data(data)
 
     def end_received(self) -> None:
-        if self.conn is not None:
-            self.conn.client_eof()
+        self.conn.client_eof()
 
     def reset_received(self) -> None:
-        if self.conn is not None:
-            self.conn.abort()
+        self.conn.abort()
         if self.error is not None and not self.error.closed:
             self.error.reset(f.CANCEL)
         self._handler._forget(self)
@@ -342,8 +346,7 @@ class SpdyPortForwardHandler:
         for pair in pairs:
             if pair.timer is not None and pair.timer.active():
                 pair.timer.cancel()
-            if pair.conn is not None:
-                pair.conn.abort()
+            pair.conn.abort()
 
     # -- internals ------------------------------------------------------------------
 
@@ -356,19 +359,11 @@ class SpdyPortForwardHandler:
         return str(stream.stream_id if kind == "error" else stream.stream_id - 2)
 
     def _connect(self, pair: _Pair) -> None:
-        conn = ForwardedConnection(
-            pair,
-            lambda: self.connection.reading,
-            self.connection.add_producer,
-            self.connection.remove_producer,
-        )
-        pair.conn = conn
+        conn = pair.conn
         try:
             d = self._backend.port_forward(self._sandbox_id, pair.port, conn)
         except Exception:  # noqa: BLE001 - reported like a failed connection
-            d = None
-            failure = Failure()
-            pair.connect_failed(forward_error_message(pair.port, self._sandbox_id, failure))
+            pair.connect_failed(forward_error_message(pair.port, self._sandbox_id, Failure()))
             return
 
         def failed(failure: Failure) -> None:

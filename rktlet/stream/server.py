@@ -231,10 +231,10 @@ class StreamServer:
                 )
         else:
             chosen = ""
-        common = (chosen, self.clock, self.idle_timeout, self._forget)
-        proto: websocket._SessionProtocol
+        options = websocket.SessionOptions(chosen, self.clock, self.idle_timeout, self._forget)
+        proto: websocket.SessionProtocol
         if kind != "portforward":
-            proto = websocket.CommandProtocol(*common, self.backend, stored)
+            proto = websocket.CommandProtocol(options, self.backend, stored)
         elif chosen == websocket.TUNNEL_PROTOCOL:
 
             def handler(conn: SpdyConnection):
@@ -242,7 +242,7 @@ class StreamServer:
                     conn, self.backend, stored.sandbox_id, self.clock, self.stream_creation_timeout
                 )
 
-            proto = websocket.TunnelProtocol(*common, handler)
+            proto = websocket.TunnelProtocol(options, handler)
         else:
             try:
                 ports = stored.ports or _query_ports(request)
@@ -250,7 +250,7 @@ class StreamServer:
                 return _error(request, 400, str(e))
             if not ports:
                 return _error(request, 400, "at least one port must be given (query parameter port)")
-            proto = websocket.PortForwardProtocol(*common, self.backend, stored.sandbox_id, ports)
+            proto = websocket.PortForwardProtocol(options, self.backend, stored.sandbox_id, ports)
         proto.factory = self.ws_factory
         self.sessions.add(proto)
         take_over(request, proto, first=replay_request(request))

@@ -166,6 +166,7 @@ class SpdyConnection(Protocol):
         self._finish_call = None
         self._lost = False
         self._registered = False
+        self._ping_id = 2
         self.producers = ProducerFanout()
         self.reading: ReadPauser | None = None
         self._idle: IdleTimer | None = None
@@ -173,7 +174,7 @@ class SpdyConnection(Protocol):
     # -- Twisted protocol -------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.reading = ReadPauser(self.transport)
+        self.reading = ReadPauser(self.transport, self._clock, self.abort, self._probe_ping)
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self.producers, True)
@@ -198,12 +199,14 @@ class SpdyConnection(Protocol):
                 return
             self._dispatch(frame)
 
-    def connectionLost(self, reason: Failure = None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._lost:
             return
         self._lost = True
         if self._idle is not None:
             self._idle.stop()
+        if self.reading is not None:
+            self.reading.stop()
         if self._finish_call is not None and self._finish_call.active():
             self._finish_call.cancel()
         streams, self._streams = list(self._streams.values()), {}
@@ -263,6 +266,14 @@ class SpdyConnection(Protocol):
             self._registered = False
             self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def _probe_ping(self) -> None:
+        """A PING of ours (even id) while we are not reading: the Go client
+        echoes it, a dead client's socket answers with a reset. Written
+        directly so that it does not count as activity for the idle timer."""
+        if not self._lost:
+            self.transport.write(self._writer.encode(f.Ping(self._ping_id)))
+            self._ping_id = self._ping_id + 2 if self._ping_id < 0x7FFFFFFE else 2
 
     def abort(self) -> None:
         """Drop the connection now (the daemon is stopping)."""

@@ -24,7 +24,7 @@ from typing import Callable
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -125,16 +125,30 @@ def make_factory(reactor, close_timeout: float) -> WebSocketServerFactory:
     return factory
 
 
-class _SessionProtocol(WebSocketServerProtocol):
+@dataclass(frozen=True)
+class SessionOptions:
+    """What every WebSocket session is built with.
+
+    :ivar subprotocol: the negotiated subprotocol ("" when the client named none).
+    :ivar on_closed: called with the session protocol once it is gone.
+    """
+
+    subprotocol: str
+    clock: IReactorTime
+    idle_timeout: float | None
+    on_closed: Callable[[object], None]
+
+
+class SessionProtocol(WebSocketServerProtocol):
     """What every stream session over WebSocket shares: the negotiated
     subprotocol, back-pressure through the TCP transport, the idle timer."""
 
-    def __init__(self, subprotocol: str, clock, idle_timeout: float | None, on_closed: Callable[[object], None]) -> None:
+    def __init__(self, options: SessionOptions) -> None:
         super().__init__()
-        self.subprotocol = subprotocol
-        self._clock = clock
-        self._idle_timeout = idle_timeout
-        self._on_closed = on_closed
+        self.subprotocol = options.subprotocol
+        self._clock = options.clock
+        self._idle_timeout = options.idle_timeout
+        self._on_closed = options.on_closed
         self.producers = ProducerFanout()
         self.reading: ReadPauser | None = None
         self._idle: IdleTimer | None = None
@@ -147,7 +161,7 @@ class _SessionProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.reading = ReadPauser(self.transport)
+        self.reading = ReadPauser(self.transport, self._clock, self.abort, self._probe_ping)
         self.transport.registerProducer(self.producers, True)
         self._registered = True
 
@@ -161,12 +175,22 @@ class _SessionProtocol(WebSocketServerProtocol):
         if not self.closing:
             self.message_received(payload, isBinary)
 
+    def onPing(self, payload: bytes) -> None:
+        # The client's keepalive pings (client-go: every 5 s) keep a quiet
+        # but live session from idling out, as SPDY pings do; autobahn
+        # answers them with the pong the client's read deadline waits for.
+        if self._idle is not None:
+            self._idle.touch()
+        super().onPing(payload)
+
     def onClose(self, wasClean: bool, code, reason) -> None:
         if self._gone:
             return
         self._gone = True
         if self._idle is not None:
             self._idle.stop()
+        if self.reading is not None:
+            self.reading.stop()
         self.session_closed()
         self._on_closed(self)
 
@@ -205,6 +229,12 @@ class _SessionProtocol(WebSocketServerProtocol):
         if not self._gone:
             self.transport.abortConnection()
 
+    def _probe_ping(self) -> None:
+        """While we are not reading: a live client answers the ping, a dead
+        one's socket answers with a reset (see ReadPauser)."""
+        if not self._gone and self.state == self.STATE_OPEN:
+            self.sendPing()
+
     def _idle_expired(self) -> None:
         log.info("WebSocket stream session idle, closing")
         self.abort()
@@ -217,12 +247,12 @@ class _SessionProtocol(WebSocketServerProtocol):
     def session_closed(self) -> None: ...
 
 
-class CommandProtocol(_SessionProtocol):
+class CommandProtocol(SessionProtocol):
     """Exec or attach over a channel protocol (the session's CommandWire)."""
 
-    def __init__(self, subprotocol: str, clock, idle_timeout, on_closed, backend: Backend, request: ExecRequest | AttachRequest) -> None:
-        super().__init__(subprotocol, clock, idle_timeout, on_closed)
-        self.channel_protocol = COMMAND_PROTOCOLS[subprotocol]
+    def __init__(self, options: SessionOptions, backend: Backend, request: ExecRequest | AttachRequest) -> None:
+        super().__init__(options)
+        self.channel_protocol = COMMAND_PROTOCOLS[options.subprotocol]
         self.session = CommandSession(backend, request, self.channel_protocol.version, self)
         self._resize = ResizeDecoder()
         r = request
@@ -322,13 +352,13 @@ class _ChannelPair:
             self.proto.pair_done()
 
 
-class PortForwardProtocol(_SessionProtocol):
+class PortForwardProtocol(SessionProtocol):
     """Legacy WebSocket port-forward: per requested port *i*, channel 2i
     carries data and 2i+1 errors; each starts with the port number."""
 
-    def __init__(self, subprotocol: str, clock, idle_timeout, on_closed, backend: Backend, sandbox_id: str, ports: tuple[int, ...]) -> None:
-        super().__init__(subprotocol, clock, idle_timeout, on_closed)
-        self.channel_protocol = PORTFORWARD_PROTOCOLS[subprotocol]
+    def __init__(self, options: SessionOptions, backend: Backend, sandbox_id: str, ports: tuple[int, ...]) -> None:
+        super().__init__(options)
+        self.channel_protocol = PORTFORWARD_PROTOCOLS[options.subprotocol]
         self._backend = backend
         self._sandbox_id = sandbox_id
         self.pairs = [_ChannelPair(self, i, port) for i, port in enumerate(ports)]
@@ -406,6 +436,9 @@ class _TunnelTransport:
     def resumeProducing(self) -> None:
         self._ws.transport.resumeProducing()
 
+    def getHandle(self):
+        return self._ws.transport.getHandle()
+
     def getPeer(self):
         return self._ws.transport.getPeer()
 
@@ -413,14 +446,14 @@ class _TunnelTransport:
         return self._ws.transport.getHost()
 
 
-class TunnelProtocol(_SessionProtocol):
+class TunnelProtocol(SessionProtocol):
     """``SPDY/3.1+portforward.k8s.io``: binary messages carry an opaque byte
     stream of SPDY frames, served like a SPDY port-forward connection."""
 
-    def __init__(self, subprotocol: str, clock, idle_timeout, on_closed, spdy_handler_factory: Callable[[SpdyConnection], SpdyHandler]) -> None:
-        # The tunnelled SPDY connection keeps its own idle timer.
-        super().__init__(subprotocol, clock, None, on_closed)
-        self.spdy = SpdyConnection(spdy_handler_factory, clock, idle_timeout)
+    def __init__(self, options: SessionOptions, spdy_handler_factory: Callable[[SpdyConnection], SpdyHandler]) -> None:
+        # The tunnelled SPDY connection keeps the idle timer.
+        super().__init__(SessionOptions(options.subprotocol, options.clock, None, options.on_closed))
+        self.spdy = SpdyConnection(spdy_handler_factory, options.clock, options.idle_timeout)
 
     def session_opened(self) -> None:
         self.spdy.makeConnection(_TunnelTransport(self))

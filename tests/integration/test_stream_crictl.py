@@ -52,7 +52,8 @@ class Runtime:
         open(self.events_path, "w").close()
         self.crictl_binary = find_crictl()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_stream_runtime", "--socket", self.socket, "--events", self.events_path, *extra],
+            [sys.executable, "-m", "tests.support.fake_stream_runtime"]
+            + ["--socket", self.socket, "--events", self.events_path, *extra],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=open(str(tmp / f"{name}.log"), "w"),
@@ -312,7 +313,8 @@ def _http_status(base_url: str, path: str) -> int:
 
 
 def test_a_token_works_once(runtime):
-    url = runtime.stub().Exec(pb.ExecRequest(container_id="ctr", cmd=["true"], stdout=True, stderr=True), timeout=10).url
+    request = pb.ExecRequest(container_id="ctr", cmd=["true"], stdout=True, stderr=True)
+    url = runtime.stub().Exec(request, timeout=10).url
     assert url.startswith(runtime.base_url + "/exec/")
     path = url[len(runtime.base_url) :]
     assert _http_status(runtime.base_url, path) == 101
@@ -335,7 +337,8 @@ def test_an_expired_token_is_404(tmp_path):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_killing_the_client_mid_stream_ends_the_process(runtime, transport):
     marker = f"sleep-{transport}"
-    proc = subprocess.Popen(runtime.argv("exec", "-r", transport, "ctr", "sh", "-c", f"echo {marker}; exec sleep 1000"), stdout=subprocess.PIPE)
+    argv = runtime.argv("exec", "-r", transport, "ctr", "sh", "-c", f"echo {marker}; exec sleep 1000")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline() == marker.encode() + b"\n"
         started = runtime.wait_event(lambda e: e["event"] == "exec" and marker in " ".join(e["cmd"]))
@@ -349,6 +352,79 @@ def test_killing_the_client_mid_stream_ends_the_process(runtime, transport):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- back-pressure -------------------------------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def _settle_rss(pid: int) -> int:
+    """RSS once it stopped moving (the session reached its steady state)."""
+    last = _rss(pid)
+    for _ in range(50):
+        time.sleep(0.2)
+        now = _rss(pid)
+        if abs(now - last) < 256 * 1024:
+            return now
+        last = now
+    return last
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_that_stops_reading_pauses_the_process(runtime, transport):
+    marker = f"slow-reader-{transport}"
+    argv = runtime.argv("exec", "-r", transport, "ctr", "sh", "-c", f"echo {marker}; exec cat /dev/zero")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == marker.encode() + b"\n"
+        cat = runtime.wait_event(lambda e: e["event"] == "exec" and marker in " ".join(e["cmd"]))["pid"]
+        # crictl is not read: its pipe, its socket, then ours fill up, and
+        # the server stops reading cat's stdout instead of buffering.
+        before = _settle_rss(runtime.proc.pid)
+        time.sleep(1)
+        assert _rss(runtime.proc.pid) - before < 4 * MiB
+        assert "pipe_write" in _wchan(cat)
+        # reading again resumes it
+        assert len(proc.stdout.read(20 * MiB)) == 20 * MiB
+    finally:
+        proc.kill()
+        proc.wait()
+    runtime.wait_event(lambda e: e["event"] == "exit" and e["pid"] == cat)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_process_that_does_not_read_stdin_pauses_the_client(runtime, transport):
+    marker = f"not-reading-{transport}"
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.Popen(
+            runtime.argv("exec", "-r", transport, "-i", "ctr", "sh", "-c", f"echo {marker}; exec sleep 1000"),
+            stdin=zero,
+            stdout=subprocess.PIPE,
+        )
+    try:
+        assert proc.stdout.readline() == marker.encode() + b"\n"
+        before = _settle_rss(runtime.proc.pid)
+        time.sleep(1)
+        assert _rss(runtime.proc.pid) - before < 4 * MiB  # stdin is not piling up in the server
+        # the server still answers other sessions meanwhile
+        assert runtime.crictl("exec", "-r", transport, "ctr", "echo", "alive").stdout == b"alive\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    sleeper = runtime.wait_event(lambda e: e["event"] == "exec" and marker in " ".join(e["cmd"]))["pid"]
+    runtime.wait_event(lambda e: e["event"] == "exit" and e["pid"] == sleeper)
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -374,13 +450,17 @@ def _self_signed(tmp_path) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    key_path.write_bytes(pem)
     return str(cert_path), str(key_path)
 
 
@@ -411,7 +491,8 @@ def test_throughput_exec_cat_100_MiB(runtime, tmp_path, transport):
     expected = hashlib.sha256(block * 100).hexdigest()
     started = time.monotonic()
     with open(source, "rb") as stdin:
-        proc = subprocess.Popen(runtime.argv("exec", "-r", transport, "-i", "ctr", "cat"), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv = runtime.argv("exec", "-r", transport, "-i", "ctr", "cat")
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         digest, size = hashlib.sha256(), 0
         while chunk := proc.stdout.read(MiB):
             digest.update(chunk)

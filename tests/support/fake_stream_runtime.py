@@ -25,7 +25,6 @@ import os
 import struct
 import sys
 import termios
-import threading
 from concurrent import futures
 
 import grpc
@@ -267,14 +266,17 @@ class FakeRuntime(pb_grpc.RuntimeServiceServicer):
             context.abort(grpc.StatusCode.UNKNOWN, str(e))
 
     def Version(self, request, context):
-        return pb.VersionResponse(version="0.1.0", runtime_name="fake-stream", runtime_version="0.1", runtime_api_version="v1")
+        return pb.VersionResponse(
+            version="0.1.0", runtime_name="fake-stream", runtime_version="0.1", runtime_api_version="v1"
+        )
 
     def Status(self, request, context):
         conditions = [pb.RuntimeCondition(type=t, status=True) for t in ("RuntimeReady", "NetworkReady")]
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions))
 
     def Exec(self, request, context):
-        req = ExecRequest(request.container_id, tuple(request.cmd), request.tty, request.stdin, request.stdout, request.stderr)
+        r = request
+        req = ExecRequest(r.container_id, tuple(r.cmd), r.tty, r.stdin, r.stdout, r.stderr)
         return pb.ExecResponse(url=self._session(req, context))
 
     def Attach(self, request, context):
@@ -286,11 +288,19 @@ class FakeRuntime(pb_grpc.RuntimeServiceServicer):
         return pb.PortForwardResponse(url=self._session(req, context))
 
     def ContainerStatus(self, request, context):
-        status = pb.ContainerStatus(id=request.container_id, metadata=pb.ContainerMetadata(name=request.container_id), state=pb.CONTAINER_RUNNING)
+        status = pb.ContainerStatus(
+            id=request.container_id,
+            metadata=pb.ContainerMetadata(name=request.container_id),
+            state=pb.CONTAINER_RUNNING,
+        )
         return pb.ContainerStatusResponse(status=status)
 
     def PodSandboxStatus(self, request, context):
-        status = pb.PodSandboxStatus(id=request.pod_sandbox_id, metadata=pb.PodSandboxMetadata(name="pod", namespace="default", uid="u"), state=pb.SANDBOX_READY)
+        status = pb.PodSandboxStatus(
+            id=request.pod_sandbox_id,
+            metadata=pb.PodSandboxMetadata(name="pod", namespace="default", uid="u"),
+            state=pb.SANDBOX_READY,
+        )
         return pb.PodSandboxStatusResponse(status=status)
 
     def ListContainers(self, request, context):

@@ -460,3 +460,59 @@ def test_finish_after_the_clients_goaway_closes_at_once():
     conn.dataReceived(SpdyClient().encode(f.GoAway(0)))
     conn.finish(timeout=10)
     assert transport.disconnecting
+
+
+class _Socket:
+    """getsockopt of a socket whose peer is in a given TCP state."""
+
+    def __init__(self, state: int, error: int = 0):
+        self.state, self.error = state, error
+
+    def getsockopt(self, level, option, size=None):
+        import socket
+
+        if option == socket.SO_ERROR:
+            return self.error
+        return bytes([self.state]) + bytes(size - 1)
+
+
+def test_while_not_reading_the_client_is_pinged_and_a_dead_one_is_dropped():
+    conn, transport, handler, clock = connect(idle_timeout=100)
+    sock = _Socket(1)  # ESTABLISHED
+    transport.getHandle = lambda: sock
+    conn.reading.pause("stdin full")
+    clock.advance(2)
+    assert SpdyClient().receive(transport.value()) == [f.Ping(2)]  # even: ours
+    transport.clear()
+    clock.advance(2)
+    assert SpdyClient().receive(transport.value()) == [f.Ping(4)]
+    sock.state = 8  # CLOSE_WAIT: the client closed
+    clock.advance(2)
+    assert transport.disconnected  # aborted
+
+
+def test_probes_do_not_keep_a_stuck_session_from_idling_out():
+    conn, transport, _, clock = connect(idle_timeout=10)
+    transport.getHandle = lambda: _Socket(1)
+    conn.reading.pause("stdin full")
+    for _ in range(5):
+        clock.advance(2)
+    clock.advance(0.5)
+    assert transport.disconnecting
+
+
+def test_a_reset_client_is_dropped_too():
+    conn, transport, _, clock = connect()
+    transport.getHandle = lambda: _Socket(1, error=104)
+    conn.reading.pause("x")
+    clock.advance(2)
+    assert transport.disconnected
+
+
+def test_no_probing_while_reading():
+    conn, transport, _, clock = connect()
+    transport.getHandle = lambda: _Socket(8)
+    conn.reading.pause("x")
+    conn.reading.resume("x")
+    clock.advance(10)
+    assert transport.value() == b"" and not transport.disconnected
