@@ -130,3 +130,20 @@ def test_port_forward_serves_the_pod_web_page(crictl, web):
     finally:
         forward.kill()
         forward.wait()
+
+
+def test_killed_client_leaves_no_process(crictl, web):
+    _, cid, _ = web
+    client = subprocess.Popen(crictl_argv(crictl, "exec", "-i", cid, "sh", "-c", "echo started; exec sleep 271"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert client.stdout.readline() == b"started\n"
+        running = crictl.run("exec", "-s", cid, "ps").stdout
+        assert "sleep 271" in running
+    finally:
+        client.kill()
+        client.wait()
+    deadline = time.monotonic() + 10
+    while "sleep 271" in crictl.run("exec", "-s", cid, "ps").stdout:
+        assert time.monotonic() < deadline, "the exec's process outlived its client"
+        time.sleep(0.2)
