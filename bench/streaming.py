@@ -655,7 +655,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--exec-sync-calls", type=int, default=50, help="ExecSync calls timed (default 50)")
     parser.add_argument("--size-mib", type=int, default=100, help="size of the file streamed, MiB (default 100)")
     parser.add_argument("--transport", choices=("spdy", "websocket"), default="spdy",
-                        help="crictl's streaming transport (default spdy, crictl's default)")
+                        help="crictl's streaming transport (default spdy, crictl's default; containerd 1.6 "
+                             "refuses crictl's websocket with 403)")
     parser.add_argument("--crictl", default=None,
                         help="the crictl program (default: beside the interpreter, .venv/bin, $CRICTL, PATH, ~/go/bin)")
     parser.add_argument("--run-timeout", type=float, default=300.0,

@@ -73,6 +73,7 @@ from zope.interface import implementer
 from rktlet.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RktletError, RuntimeFailure
 from rktlet.logs import logger
 from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime
+from rktlet.process import widen_pipe_reads
 
 __all__ = [
     "DRAIN_GRACE",
@@ -545,10 +546,11 @@ class _ExecProtocol(ProcessProtocol):
 
 def _spawn(reactor: Any, proto: _ExecProtocol, argv: list[str], files: _ExecFiles, **kwargs: Any) -> None:
     try:
-        reactor.spawnProcess(proto, argv[0], argv, env=_env(), **kwargs)
+        transport = reactor.spawnProcess(proto, argv[0], argv, env=_env(), **kwargs)
     except OSError as e:
         files.remove()
         raise RuntimeFailure(f"exec: cannot run {argv[0]}: {os.strerror(e.errno or 0)}") from e
+    widen_pipe_reads(transport)
 
 
 def _spawn_piped(reactor: Any, runtime: OCIRuntime, container_id: str, files: _ExecFiles,
@@ -772,6 +774,12 @@ class ExecSession:
             return
         self._stdin_closed = True
         if not self.tty:
+            # A writer whose registered producer is paused never closes:
+            # unregister first (and let the client's input flow again).
+            writer = getattr(self._proto.transport, "pipes", {}).get(0)
+            if writer is not None and getattr(writer, "producer", None) is not None:
+                writer.unregisterProducer()
+                self._terminal.resume_input()
             self._proto.transport.closeStdin()
 
     def resize(self, width: int, height: int) -> None:

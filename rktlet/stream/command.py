@@ -200,12 +200,14 @@ class CommandSession:
         self.io.done.addCallbacks(self._done, self._failed)
 
     def stdin_received(self, data: bytes) -> None:
-        if self.io is not None and not self.ended and not self._stdin_closed:
+        # The stored request decides: stdin the request did not ask for is
+        # dropped (WebSocket has every channel, whatever was asked).
+        if self.request.stdin and self.io is not None and not self.ended and not self._stdin_closed:
             self.io.stdin(data)
 
     def stdin_closed(self) -> None:
         """The client ended its stdin (SPDY FIN/reset, WebSocket v5 close)."""
-        if self._stdin_closed or self.ended:
+        if self._stdin_closed or self.ended or not self.request.stdin:
             return
         self._stdin_closed = True
         if self.io is not None:
@@ -216,7 +218,7 @@ class CommandSession:
         self._wire.resume_input()
 
     def resize(self, width: int, height: int) -> None:
-        if self.ended:
+        if self.ended or not self.request.tty:
             return
         if self.io is None:
             self._pending_size = (width, height)

@@ -27,7 +27,8 @@ class ProducerFanout:
     """One push producer for a transport that fans out to many producers.
 
     Producers added while the transport is paused are paused at once, so a
-    late joiner never floods a full buffer.
+    late joiner never floods a full buffer; producers removed while it is
+    paused are resumed.
     """
 
     def __init__(self) -> None:
@@ -42,8 +43,13 @@ class ProducerFanout:
             producer.pauseProducing()
 
     def remove(self, producer: IPushProducer) -> None:
+        """Stop controlling *producer*; one we paused is resumed, or it would
+        stay paused for good (a finished process that is not read never
+        reaches EOF, and is never reaped)."""
         if producer in self._producers:
             self._producers.remove(producer)
+            if self.paused:
+                _quietly(producer.resumeProducing)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -79,8 +85,13 @@ def peer_gone(transport) -> bool:
     reading. Reading is what normally tells us, so a paused transport needs
     the kernel's view: a pending socket error, or a TCP state past the
     peer's FIN. False when the transport has no socket to ask."""
-    handle = getattr(transport, "getHandle", lambda: None)()
-    getsockopt = getattr(handle, "getsockopt", None)
+    getsockopt = None
+    for _ in range(3):  # through a TLS wrapper to the TCP transport
+        handle = getattr(transport, "getHandle", lambda: None)()
+        getsockopt = getattr(handle, "getsockopt", None)
+        if getsockopt is not None or transport is None:
+            break
+        transport = getattr(transport, "transport", None)
     if getsockopt is None:
         return False
     try:

@@ -221,7 +221,8 @@ def test_exec_tty_delivers_tty_output_and_resizes(runtime, transport):
     def controlling_tty():
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    script = "read a; stty size; read b; stty size; echo done-$a-$b"
+    marker = f"tty-{transport}"
+    script = f": {marker}; read a; stty size; read b; stty size; echo done-$a-$b"
     proc = subprocess.Popen(
         runtime.argv("exec", "-r", transport, "-it", "ctr", "sh", "-c", script),
         stdin=slave,
@@ -233,17 +234,22 @@ def test_exec_tty_delivers_tty_output_and_resizes(runtime, transport):
     os.close(slave)
     output = bytearray()
     try:
-        first = runtime.wait_event(lambda e: e["event"] == "resize" and e.get("width") == 100 and e.get("height") == 30)
+        started = runtime.wait_event(lambda e: e["event"] == "exec" and marker in " ".join(e["cmd"]))
+        assert started["tty"] is True
+        pid = started["pid"]
+
+        def resized(width, height):
+            return lambda e: e["event"] == "resize" and e.get("pid") == pid and (e["width"], e["height"]) == (width, height)
+
+        runtime.wait_event(resized(100, 30), timeout=20)  # the client's size, sent at once
         os.write(master, b"x\r")
         _read_until(master, b"30 100\r\n", output)
         _set_size(master, 40, 120)  # the kernel sends crictl SIGWINCH
-        runtime.wait_event(lambda e: e["event"] == "resize" and e.get("pid") == first["pid"] and e.get("width") == 120)
+        runtime.wait_event(resized(120, 40), timeout=20)
         os.write(master, b"y\r")
         _read_until(master, b"done-x-y\r\n", output)
         assert b"40 120\r\n" in output
-        assert proc.wait(10) == 0
-        exec_event = runtime.wait_event(lambda e: e["event"] == "exec" and e.get("pid") == first["pid"])
-        assert exec_event["tty"] is True
+        assert proc.wait(20) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -125,7 +125,8 @@ def test_v5_exec_session():
     ws.send(WS_BINARY, b'\x04"Height":25}')
     ws.send(WS_BINARY, b"\x09ignored")  # unknown channel
     ws.send(WS_BINARY, b"\xff\x00")  # close stdin
-    assert proc.stdin_data == b"hello" and proc.stdin_closed and proc.sizes == [(81, 25)]
+    assert proc.stdin_data == b"hello" and proc.stdin_closed
+    assert proc.sizes == []  # not a tty: resizes mean nothing
     proc.write_stdout(b"out")
     proc.write_stderr(b"err")
     proc.exit(3)
@@ -139,6 +140,18 @@ def test_v5_exec_session():
     ws.send(WS_CLOSE, b"\x03\xe8")
     assert h.transport.disconnecting
     assert not proc.terminated
+
+
+def test_tty_resizes_over_websocket_and_unrequested_stdin_is_dropped():
+    h = MemoryServer()
+    ws = WS(h, ExecRequest("c", ("sh",), tty=True, stderr=False), ["v5.channel.k8s.io"])
+    proc = h.backend.processes[0]
+    ws.send(WS_BINARY, b'\x04{"Width":81,')
+    ws.send(WS_BINARY, b'\x04"Height":25}{"Width":90,"Height":30}')
+    ws.send(WS_BINARY, b"\x00not asked for")
+    ws.send(WS_BINARY, b"\xff\x00")
+    assert proc.sizes == [(81, 25), (90, 30)]
+    assert proc.stdin_data == b"" and not proc.stdin_closed
 
 
 def test_v4_base64_session_uses_text_frames():
