@@ -37,6 +37,7 @@ from zope.interface import implementer
 
 from rktlet.errors import RktletError, RuntimeFailure
 from rktlet.logs import logger
+from rktlet.oci.exec import InputFlow
 
 __all__ = [
     "AttachSession",
@@ -204,23 +205,6 @@ class ResizeCoalescer:
 
 
 @implementer(IPushProducer)
-class _InputFlow:
-    """Pauses the client's input while the socket cannot take more."""
-
-    def __init__(self, terminal: Any) -> None:
-        self._terminal = terminal
-
-    def pauseProducing(self) -> None:
-        self._terminal.pause_input()
-
-    def resumeProducing(self) -> None:
-        self._terminal.resume_input()
-
-    def stopProducing(self) -> None:
-        pass
-
-
-@implementer(IPushProducer)
 class _OutputProducer:
     """Pauses reading the socket while the client is slow. (conmon drops
     output for a client it cannot write to rather than blocking the
@@ -292,7 +276,7 @@ class AttachSession:
             raise RuntimeFailure(f"attach: connect to {path}: {e.strerror or e}") from e
         self._conn = SeqPacketConnection(self._reactor, sock, self._on_packet, self._on_close)
         if self._stdin:
-            self._conn.registerProducer(_InputFlow(self._terminal), True)
+            self._conn.registerProducer(InputFlow(self._terminal), True)
         self._terminal.set_output_producer(_OutputProducer(self))
 
     def _on_packet(self, packet: bytes) -> None:

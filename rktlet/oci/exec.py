@@ -657,9 +657,10 @@ class _OutputProducer:
 
 
 @implementer(IPushProducer)
-class _InputFlow:
-    """Registered with the process's stdin writer: a full stdin pipe (the
-    command does not read) pauses the client's input."""
+class InputFlow:
+    """Registered with what takes a session's input (a process's stdin pipe,
+    conmon's attach socket): when it cannot take more, the client's input is
+    paused."""
 
     def __init__(self, terminal: Any) -> None:
         self._terminal = terminal
@@ -719,7 +720,7 @@ class ExecSession:
                 raise
         self._proto = proto
         if self._want_stdin:
-            proto.transport.registerProducer(_InputFlow(self._terminal), True)
+            proto.transport.registerProducer(InputFlow(self._terminal), True)
         elif not self.tty:
             proto.transport.closeStdin()
         self._terminal.set_output_producer(_OutputProducer(self))
