@@ -27,6 +27,7 @@ The pieces, in the order of a run:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -222,15 +223,16 @@ class BenchCgroups:
     """``/rkcbench-<token>/<runtime>/pod<uid>`` in every cgroup hierarchy
     (and the unified one of a hybrid host, where runc makes them too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "rkcbench") -> None:
         self.layout = cgroups.detect()
-        self.root = f"/rkcbench-{uuid.uuid4().hex[:8]}"
+        self.root = f"/{name}-{uuid.uuid4().hex[:8]}"
         self._created: list[str] = []
 
     def prefix(self, runtime: str) -> str:
         return f"{self.root}/{runtime}"
 
     def pod(self, runtime: str, uid: str) -> str:
+        """Make the pod's cgroup (and its parents) and return its path."""
         path = f"{self.prefix(runtime)}/pod{uid}"
         self._created += cgroups.ensure(self.layout, path)
         return path
@@ -556,8 +558,9 @@ class Pod:
         return self.config.linux.cgroup_parent
 
 
-def pod_config(name: str, uid: str, cgroup_parent: str, log_directory: str) -> pb.PodSandboxConfig:
-    """What the kubelet sends for a BestEffort pod without shareProcessNamespace."""
+def pod_config(name: str, uid: str, cgroup_parent: str, log_directory: str = "") -> pb.PodSandboxConfig:
+    """What the kubelet sends for a BestEffort pod without shareProcessNamespace
+    and without host ports (no ``log_directory`` unless given)."""
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=uid, attempt=0),
         hostname=name,
@@ -840,6 +843,45 @@ def error_text(exc: BaseException) -> str:
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def unwind_on_signal(signum: int, frame: Any) -> None:
+    """A signal handler that unwinds through the cleanups like ^C (for
+    SIGTERM, e.g. from timeout(1), in the scripts that do not use
+    :func:`compare`)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def chosen_runtimes(args: argparse.Namespace) -> list[str]:
+    """The runtimes named by ``--runtime`` (default both), in the order of :data:`RUNTIMES`."""
+    return [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
+
+
+def versions_of(runtimes: list[str]) -> dict[str, str]:
+    """Python's and rktlet's versions, and containerd's when it is measured
+    (shown as progress too)."""
+    versions = {"python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        versions["rktlet"] = version("rktlet")
+    except Exception:
+        versions["rktlet"] = "(not installed; from the checkout)"
+    if "containerd" in runtimes:
+        versions["containerd"] = containerd_version()
+        progress(versions["containerd"])
+    return versions
+
+
+def host_figures(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The report's ``host``: CPUs, kernel, load average before (``load_before``,
+    from :func:`os.getloadavg`) and now."""
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg_before": load_before[0],
+        "loadavg_after": os.getloadavg()[0],
+    }
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     """The first signal unwinds through the cleanups; later ones are
     ignored, so that they are not cut short."""
@@ -895,17 +937,7 @@ def compare(runtimes: list[str], measure: Callable[..., dict[str, Any]], args: a
     for sig in SIGNALS:
         signal.signal(sig, _interrupt)
 
-    versions = {"python": platform.python_version()}
-    try:
-        from importlib.metadata import version
-
-        versions["rktlet"] = version("rktlet")
-    except Exception:
-        versions["rktlet"] = "(not installed; from the checkout)"
-    if "containerd" in runtimes:
-        versions["containerd"] = containerd_version()
-        progress(versions["containerd"])
-
+    versions = versions_of(runtimes)
     state_before = host_state()
     forwarding = HostForwarding()
     nat = SharedNatChains()
@@ -968,12 +1000,7 @@ def compare(runtimes: list[str], measure: Callable[..., dict[str, Any]], args: a
         for item in left:
             progress(f"  left behind: {item}")
     return {
-        "host": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_before": load_before[0],
-            "loadavg_after": os.getloadavg()[0],
-        },
+        "host": host_figures(load_before),
         "versions": versions,
         "image_ref": image_ref,
         "pause_ref": pause_ref,
@@ -1066,12 +1093,48 @@ def footer_lines(report: dict[str, Any]) -> list[str]:
         for name, messages in report["errors"].items():
             for message in messages:
                 lines.append(f"  {name}: {message}")
-    lines.append("")
-    lines.append("Cleanup check: " + ("nothing left behind" if not report["leftovers"] else "LEFT BEHIND:"))
-    for item in report["leftovers"]:
-        lines.append(f"  {item}")
+    if "leftovers" in report:
+        lines.append("")
+        lines.append("Cleanup check: " + ("nothing left behind" if not report["leftovers"] else "LEFT BEHIND:"))
+        for item in report["leftovers"]:
+            lines.append(f"  {item}")
     lines.append("")
     lines.append("Goals:")
     for goal in report["goals"]:
         lines.append(f"  [{goal['status']}] {goal['goal']}: {goal['shown']}")
     return lines
+
+
+def print_report(report: dict[str, Any], as_json: bool, format_table: Callable[[dict[str, Any]], str]) -> None:
+    """``report`` as JSON (``--json``) or as the script's table on stdout."""
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(report))
+
+
+def run_comparison(script: str, runtimes: list[str], measure: Callable[..., dict[str, Any]],
+                   args: argparse.Namespace, settings: tuple[str, ...],
+                   goals: Callable[[dict[str, Any]], list[dict[str, Any]]],
+                   format_table: Callable[[dict[str, Any]], str],
+                   requirements: Optional[Callable[[], Optional[str]]] = None) -> int:
+    """The end of a comparison script's ``main``: :func:`check_requirements`
+    (then ``requirements()``, the script's own, if given), :func:`compare`,
+    the options named in ``settings`` and the ``goals`` added to the report,
+    which is printed. Returns the exit status: 2 when something is missing,
+    130 when interrupted, 1 when a runtime failed, 0 otherwise."""
+    why = check_requirements(script, runtimes)
+    if why is None and requirements is not None:
+        why = requirements()
+    if why is not None:
+        progress(why)
+        return 2
+
+    report = compare(runtimes, measure, args)
+    if report.pop("interrupted"):
+        return 130
+    report.update({key: getattr(args, key) for key in settings})
+    report["goals"] = goals(report["results"])
+    print_report(report, args.json, format_table)
+    return 1 if report["errors"] else 0

@@ -62,7 +62,6 @@ and its check) is in ``bench/common.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Optional
@@ -83,8 +82,7 @@ try:
         Driver,
         Runtime,
         add_runtime_options,
-        check_requirements,
-        compare,
+        chosen_runtimes,
         dig,
         fmt_mb,
         fmt_ms,
@@ -98,6 +96,7 @@ try:
         progress,
         ratio_of,
         remove_many,
+        run_comparison,
         role_figure,
         server_times,
         summary,
@@ -449,31 +448,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--containers, --per-pod, --list-calls and --status-calls must be positive")
     if args.many_pods < 1 or args.many_pods > 240:
         parser.error("--many-pods: 1 to 240 (one /24 per runtime)")
-    runtimes = [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
-
-    why = check_requirements("bench/containers.py", runtimes)
-    if why is not None:
-        progress(why)
-        return 2
-
-    report = compare(runtimes, measure, args)
-    if report.pop("interrupted"):
-        return 130
-    report.update({
-        "containers": args.containers,
-        "many_pods": args.many_pods,
-        "per_pod": args.per_pod,
-        "list_calls": args.list_calls,
-        "status_calls": args.status_calls,
-        "goals": goals(report["results"]),
-    })
-    errors = report["errors"]
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
-    return 1 if errors else 0
+    return run_comparison("bench/containers.py", chosen_runtimes(args), measure, args,
+                          ("containers", "many_pods", "per_pod", "list_calls", "status_calls"), goals, format_table)
 
 
 if __name__ == "__main__":

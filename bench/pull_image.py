@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -51,9 +49,21 @@ if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 
 try:
-    from common import CLK_TCK, MB, RUNTIMES, error_text, progress
+    from common import (
+        CLK_TCK,
+        MB,
+        RUNTIMES,
+        chosen_runtimes,
+        error_text,
+        footer_lines,
+        host_figures,
+        print_report,
+        progress,
+        unwind_on_signal,
+        versions_of,
+    )
     from rktlet.cri.proto import pb, pb_grpc
-    from tests.support.containerd import INSTALL_HINT, Containerd, containerd_binary, containerd_version
+    from tests.support.containerd import INSTALL_HINT, Containerd, containerd_binary
     from tests.support.daemon import Daemon
     from tests.support.images import BuiltImage, Dir, File, Layer, build_image, push_image
     from tests.support.registry import LocalRegistry, registry_available
@@ -495,21 +505,8 @@ def format_table(report: dict[str, Any]) -> str:
                 lines.append(f"  warning: {name} returned image_ref {r['image_ref']}, expected {info['image_id']}")
             if "wall_s" in r and not r["vmhwm_reset_before_pull"]:
                 lines.append(f"  warning: {name}: could not reset VmHWM; it is the process's lifetime peak")
-    if report["errors"]:
-        lines.append("")
-        lines.append("Errors:")
-        for name, messages in report["errors"].items():
-            for message in messages:
-                lines.append(f"  {name}: {message}")
-    lines.append("")
-    lines.append("Goals:")
-    for goal in report["goals"]:
-        lines.append(f"  [{goal['status']}] {goal['goal']}: {goal['shown']}")
+    lines += footer_lines(report)
     return "\n".join(lines)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -529,7 +526,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.layers < 1 or args.size_mb <= 0:
         parser.error("--runs, --layers and --size-mb must be positive")
-    runtimes = [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
+    runtimes = chosen_runtimes(args)
 
     if os.geteuid() != 0:
         progress("bench/pull_image.py: needs root (rktlet and containerd mount layers); run it with sudo")
@@ -543,19 +540,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     # SIGTERM (e.g. from timeout(1)) unwinds through the cleanups like ^C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, unwind_on_signal)
 
-    versions = {"python": platform.python_version()}
-    try:
-        from importlib.metadata import version
-
-        versions["rktlet"] = version("rktlet")
-    except Exception:
-        versions["rktlet"] = "(not installed; from the checkout)"
-    if "containerd" in runtimes:
-        versions["containerd"] = containerd_version()
-        progress(versions["containerd"])
-
+    versions = versions_of(runtimes)
     load_before = os.getloadavg()
     progress(f"building the image ({args.size_mb:g} MB, {args.layers} layers, seed {args.seed})...")
     built_at = time.monotonic()
@@ -600,12 +587,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if a is not None and b:
                 ratios[key] = a / b
     report = {
-        "host": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_before": load_before[0],
-            "loadavg_after": os.getloadavg()[0],
-        },
+        "host": host_figures(load_before),
         "versions": versions,
         "ref": ref,
         "image": info,
@@ -617,11 +599,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "goals": goals(med, runs),
         "errors": errors,
     }
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
+    print_report(report, args.json, format_table)
     return 1 if errors else 0
 
 

@@ -54,9 +54,7 @@ state, cgroups, mounts, temporary directories) and checked afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -74,6 +72,7 @@ if BENCH not in sys.path:
 try:
     import grpc
 
+    import common
     from common import (
         KB,
         MB,
@@ -82,17 +81,27 @@ try:
         PAUSE_TAG,
         RUNTIMES,
         HostForwarding,
-        cpu_ticks,
+        chosen_runtimes,
         error_text,
         fmt_ms,
+        footer_lines,
+        host_figures,
+        latency_rows,
         make_network,
+        network_lines,
         pick_subnets,
+        pod_config,
+        print_report,
         progress,
         pss_kb,
         ratio_of,
         read_text,
+        server_samples,
         status_kb,
         summary,
+        unwind_on_signal,
+        versions_of,
+        wait_idle,
         wait_network_ready,
     )
     from rktlet.cri.proto import pb, pb_grpc
@@ -101,7 +110,6 @@ try:
         INSTALL_HINT,
         Containerd,
         containerd_binary,
-        containerd_version,
         descendants,
         unmount_under,
     )
@@ -138,20 +146,6 @@ def _all_pids() -> list[int]:
 
 def _cmdline(pid: int) -> str:
     return read_text(f"/proc/{pid}/cmdline").replace("\0", " ")
-
-
-def wait_idle(pid: int, quiet: float = 0.5, limit: float = 10.0) -> None:
-    """Wait until ``pid`` has used no CPU for ``quiet`` seconds (at most ``limit``)."""
-    deadline = time.monotonic() + limit
-    last = cpu_ticks(pid)
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = cpu_ticks(pid)
-        if now != last:
-            last, quiet_since = now, time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet:
-            return
 
 
 def host_used_kb() -> int:
@@ -207,28 +201,11 @@ def memory_sample(daemon_pid: int, marker: str, cgroup_prefix: str) -> dict[str,
 # -- cgroups (made beforehand, as the kubelet does) ----------------------------------------
 
 
-class BenchCgroups:
+class BenchCgroups(common.BenchCgroups):
     """``/rkbench-<token>/<runtime>/pod<uid>`` in every cgroup hierarchy."""
 
     def __init__(self) -> None:
-        self.layout = cgroups.detect()
-        self.root = f"/rkbench-{uuid.uuid4().hex[:8]}"
-        self._created: list[str] = []
-
-    def prefix(self, runtime: str) -> str:
-        return f"{self.root}/{runtime}"
-
-    def pod(self, runtime: str, uid: str) -> str:
-        """Make the pod's cgroup (and its parents) and return its path."""
-        path = f"{self.prefix(runtime)}/pod{uid}"
-        self._created += cgroups.ensure(self.layout, path)
-        return path
-
-    def release_pod(self, path: str) -> None:
-        """Remove one pod's cgroup directories (what is left inside is removed too)."""
-        mine = [d for d in self._created if d.endswith(path)]
-        cgroups.remove(mine)
-        self._created = [d for d in self._created if d not in mine]
+        super().__init__("rkbench")
 
     def cleanup(self) -> None:
         try:
@@ -248,14 +225,7 @@ class BenchCgroups:
                         pass
 
     def leftovers(self) -> list[str]:
-        found = []
-        for line in read_text("/proc/self/mountinfo").splitlines():
-            fields = line.split()
-            if " - cgroup" in line and len(fields) > 4:
-                path = os.path.join(fields[4], self.root.lstrip("/"))
-                if os.path.exists(path):
-                    found.append(path)
-        return sorted(set(found))
+        return self.all_dirs()
 
 
 # -- the pause image ---------------------------------------------------------------------------
@@ -367,33 +337,6 @@ STARTERS: dict[str, Callable[..., Runtime]] = {"rktlet": start_rktlet, "containe
 # -- the measurement ---------------------------------------------------------------------------
 
 
-def pod_config(name: str, cgroup_parent: str, uid: str) -> pb.PodSandboxConfig:
-    """What the kubelet sends for a pod without shareProcessNamespace and
-    without host ports."""
-    return pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=uid, attempt=0),
-        hostname=name,
-        dns_config=pb.DNSConfig(
-            servers=["10.96.0.10"],
-            searches=["bench.svc.cluster.local", "svc.cluster.local", "cluster.local"],
-            options=["ndots:5"],
-        ),
-        labels={
-            "io.kubernetes.pod.name": name,
-            "io.kubernetes.pod.namespace": "bench",
-            "io.kubernetes.pod.uid": uid,
-            "app": "bench",
-        },
-        annotations={"kubernetes.io/config.source": "api", "kubernetes.io/config.seen": "2026-01-01T00:00:00Z"},
-        linux=pb.LinuxPodSandboxConfig(
-            cgroup_parent=cgroup_parent,
-            security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
-            ),
-        ),
-    )
-
-
 class PodMaker:
     def __init__(self, runtime: Runtime, cg: BenchCgroups, timeout: float):
         self.runtime = runtime
@@ -405,7 +348,7 @@ class PodMaker:
         self.count += 1
         uid = str(uuid.uuid4())
         cgroup_parent = self.cg.pod(self.runtime.name, uid)
-        return pod_config(f"{phase}-{self.count}", cgroup_parent, uid)
+        return pod_config(f"{phase}-{self.count}", uid, cgroup_parent)
 
     def timed(self, method: str, request: Any) -> tuple[Any, float]:
         call = getattr(self.runtime.stub, method)
@@ -438,8 +381,7 @@ def _server_times(log: str) -> dict[str, list[float]]:
     """rktlet's own timings from its log: ``ready in Nms`` (info) and the
     per-RPC lines of ``--log-level debug``."""
     out: dict[str, list[float]] = {"ready_in": [float(m) for m in re.findall(r"pod sandbox \S+ \(.*?\) ready in (\d+)ms", log)]}
-    for method, ms in re.findall(r"runtime\.v1\.RuntimeService/(\w+) .*?([\d.]+)ms OK", log):
-        out.setdefault(method, []).append(float(ms))
+    out.update(server_samples(log))
     return out
 
 
@@ -461,7 +403,7 @@ def measure(name: str, opts: argparse.Namespace, cg: BenchCgroups, **start_args:
 
         # 2. N pods: run each, status each, stop each, remove each
         progress(f"  {opts.pods} pods: RunPodSandbox, PodSandboxStatus, StopPodSandbox, RemovePodSandbox...")
-        wait_idle(runtime.pid)
+        wait_idle([runtime.pid], limit=10.0)
         pods = []
         for _ in range(opts.pods):
             config = maker.config("pod")
@@ -478,7 +420,7 @@ def measure(name: str, opts: argparse.Namespace, cg: BenchCgroups, **start_args:
         # 3. memory and ListPodSandbox with --list-pods pods present
         progress(f"  {opts.list_pods} pods for ListPodSandbox and memory...")
         prefix = cg.prefix(name)
-        wait_idle(runtime.pid, quiet=1.0)
+        wait_idle([runtime.pid], quiet=1.0, limit=10.0)
         before = memory_sample(runtime.pid, runtime.marker, prefix)
         many = []
         fill_ms = []
@@ -487,7 +429,7 @@ def measure(name: str, opts: argparse.Namespace, cg: BenchCgroups, **start_args:
             sid, ms = maker.run(config)
             many.append((sid, config.linux.cgroup_parent))
             fill_ms.append(ms)
-        wait_idle(runtime.pid, quiet=1.0)
+        wait_idle([runtime.pid], quiet=1.0, limit=10.0)
         after = memory_sample(runtime.pid, runtime.marker, prefix)
         request = pb.ListPodSandboxRequest()
         for _ in range(5):
@@ -501,7 +443,7 @@ def measure(name: str, opts: argparse.Namespace, cg: BenchCgroups, **start_args:
             raise RuntimeError(f"ListPodSandbox returned {listed} sandboxes, {opts.list_pods} expected")
         stop_many = [maker.stop(sid) for sid, _ in many]
         remove_many = [maker.remove(sid, cgroup_parent) for sid, cgroup_parent in many]
-        wait_idle(runtime.pid, quiet=1.0)
+        wait_idle([runtime.pid], quiet=1.0, limit=10.0)
         final = memory_sample(runtime.pid, runtime.marker, prefix)
 
         n = opts.list_pods
@@ -621,21 +563,9 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _format_figures(lines: list[str], report: dict[str, Any], runtimes: list[str], both: bool) -> None:
     results = report["results"]
-    header = f"{'latency, ms':26}" + "".join(f"{name + ' p50':>16}{name + ' p95':>16}" for name in runtimes)
-    if both:
-        header += f"{'ratio p50':>11}{'ratio p95':>11}"
-    lines.append(header)
-    for rpc in RPCS:
-        label = rpc + (f" ({report['list_pods']} pods)" if rpc == "ListPodSandbox" else "")
-        row = f"{label:26}"
-        for name in runtimes:
-            s = results[name]["rpcs"][rpc]
-            row += f"{fmt_ms(s['p50_ms']):>16}{fmt_ms(s['p95_ms']):>16}"
-        if both:
-            rk, cd = results["rktlet"]["rpcs"][rpc], results["containerd"]["rpcs"][rpc]
-            r50, r95 = ratio_of(rk["p50_ms"], cd["p50_ms"]), ratio_of(rk["p95_ms"], cd["p95_ms"])
-            row += f"{(f'{r50:.2f}x' if r50 else '-'):>11}{(f'{r95:.2f}x' if r95 else '-'):>11}"
-        lines.append(row)
+    rows = [(rpc + (f" ({report['list_pods']} pods)" if rpc == "ListPodSandbox" else ""), ("rpcs", rpc))
+            for rpc in RPCS]
+    latency_rows(lines, rows, results, runtimes, both, width=26)
     lines.append("")
     lines.append(f"with {report['list_pods']} pods being made/present (p50 ms):")
     for rpc in ("RunPodSandbox", "StopPodSandbox", "RemovePodSandbox"):
@@ -679,32 +609,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"  pods:       {report['pods']} timed pods (after 1 warm-up), ListPodSandbox: {report['list_calls']} calls "
         f"with {report['list_pods']} pods present; namespace_options network=POD ipc=POD pid=CONTAINER",
     ]
-    for name in runtimes:
-        net = results[name]["network"]
-        lines.append(f"  {name + ' network:':22}bridge {net['bridge']}, {net['subnet']} (bridge + host-local + portmap)")
+    lines += network_lines(report, runtimes)
     lines.append("")
     both = all(r in results for r in RUNTIMES)
     if runtimes:
         _format_figures(lines, report, runtimes, both)
-    if report["errors"]:
-        lines.append("")
-        lines.append("Errors:")
-        for name, messages in report["errors"].items():
-            for message in messages:
-                lines.append(f"  {name}: {message}")
-    lines.append("")
-    lines.append("Cleanup check: " + ("nothing left behind" if not report["leftovers"] else "LEFT BEHIND:"))
-    for item in report["leftovers"]:
-        lines.append(f"  {item}")
-    lines.append("")
-    lines.append("Goals:")
-    for goal in report["goals"]:
-        lines.append(f"  [{goal['status']}] {goal['goal']}: {goal['shown']}")
+    lines += footer_lines(report)
     return "\n".join(lines)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -724,7 +635,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--pods, --list-pods and --list-calls must be positive")
     if args.list_pods > 250:
         parser.error("--list-pods: at most 250 (one /24 per runtime)")
-    runtimes = [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
+    runtimes = chosen_runtimes(args)
 
     if os.geteuid() != 0:
         progress("bench/sandboxes.py: needs root (namespaces, cgroups, bridges); run it with sudo")
@@ -743,19 +654,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
 
     # SIGTERM (e.g. from timeout(1)) unwinds through the cleanups like ^C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, unwind_on_signal)
 
-    versions = {"python": platform.python_version()}
-    try:
-        from importlib.metadata import version
-
-        versions["rktlet"] = version("rktlet")
-    except Exception:
-        versions["rktlet"] = "(not installed; from the checkout)"
-    if "containerd" in runtimes:
-        versions["containerd"] = containerd_version()
-        progress(versions["containerd"])
-
+    versions = versions_of(runtimes)
     state_before = host_state()
     forwarding = HostForwarding()
     cg = BenchCgroups()
@@ -805,12 +706,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     left = leftovers(state_before, bridges, list(OUR_DIRS), cg)
 
     report = {
-        "host": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "loadavg_before": load_before[0],
-            "loadavg_after": os.getloadavg()[0],
-        },
+        "host": host_figures(load_before),
         "versions": versions,
         "pause_ref": pause_ref,
         "runtimes": runtimes,
@@ -822,11 +718,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "errors": errors,
         "leftovers": left,
     }
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
+    print_report(report, args.json, format_table)
     return 1 if errors else 0
 
 

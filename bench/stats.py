@@ -89,8 +89,7 @@ try:
         BenchCgroups,
         Runtime,
         add_runtime_options,
-        check_requirements,
-        compare,
+        chosen_runtimes,
         descendants,
         dig,
         fmt_ms,
@@ -104,6 +103,7 @@ try:
         progress,
         ratio_of,
         remove_many,
+        run_comparison,
         server_samples,
         stat_fields,
         summary,
@@ -571,29 +571,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--per-pod, --calls and --poll-ms must be positive")
     if args.many_pods < 1 or args.many_pods > 240:
         parser.error("--many-pods: 1 to 240 (one /24 per runtime)")
-    runtimes = [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
-
-    why = check_requirements("bench/stats.py", runtimes)
-    if why is not None:
-        progress(why)
-        return 2
-
-    report = compare(runtimes, measure, args)
-    if report.pop("interrupted"):
-        return 130
-    report.update({
-        "many_pods": args.many_pods,
-        "per_pod": args.per_pod,
-        "calls": args.calls,
-        "poll_ms": args.poll_ms,
-        "goals": goals(report["results"]),
-    })
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
-    return 1 if report["errors"] else 0
+    return run_comparison("bench/stats.py", chosen_runtimes(args), measure, args,
+                          ("many_pods", "per_pod", "calls", "poll_ms"), goals, format_table)
 
 
 if __name__ == "__main__":

@@ -67,11 +67,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -94,8 +92,7 @@ try:
         BenchCgroups,
         Runtime,
         add_runtime_options,
-        check_requirements,
-        compare,
+        chosen_runtimes,
         dig,
         fmt_ms,
         fmt_ratio,
@@ -107,6 +104,7 @@ try:
         prepare,
         progress,
         ratio_of,
+        run_comparison,
         server_samples,
         stat_fields,
         summary,
@@ -114,6 +112,7 @@ try:
     from rktlet.cri.proto import pb
     from tests.support.crictl import find_crictl
     from tests.support.daemon import free_port
+    from tests.support.processes import stop_process
 except ImportError as _e:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"bench/streaming.py: cannot import what it needs ({_e}).\n"
@@ -221,20 +220,7 @@ class Crictl:
 
 def _kill(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM ``proc`` (by its PID), SIGKILL if it lingers, and reap it."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
+    stop_process(proc, grace)
 
 
 def _tail(path: str, limit: int = 1500) -> str:
@@ -665,35 +651,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.exec_sync_calls < 1 or args.size_mib < 1:
         parser.error("--runs, --exec-sync-calls and --size-mib must be positive")
-    runtimes = [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
 
-    why = check_requirements("bench/streaming.py", runtimes)
-    if why is None:
+    def crictl_present() -> Optional[str]:
         args.crictl = args.crictl or _default_crictl()
         if not args.crictl or not os.access(args.crictl, os.X_OK):
-            why = ("bench/streaming.py: the real crictl is missing (sudo tests/run installs it, or "
-                   "go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0; or give --crictl PATH)")
-    if why is not None:
-        progress(why)
-        return 2
+            return ("bench/streaming.py: the real crictl is missing (sudo tests/run installs it, or "
+                    "go install sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0; or give --crictl PATH)")
+        return None
 
-    report = compare(runtimes, measure, args)
-    if report.pop("interrupted"):
-        return 130
-    report.update({
-        "size_mib": args.size_mib,
-        "runs": args.runs,
-        "exec_sync_calls": args.exec_sync_calls,
-        "transport": args.transport,
-        "crictl": args.crictl,
-        "goals": goals(report["results"]),
-    })
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(report))
-    return 1 if report["errors"] else 0
+    return run_comparison("bench/streaming.py", chosen_runtimes(args), measure, args,
+                          ("size_mib", "runs", "exec_sync_calls", "transport", "crictl"), goals, format_table,
+                          requirements=crictl_present)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ from typing import Any, Optional
 
 import grpc
 
-from rktlet.cri.proto import pb, pb_grpc
+from rktlet.cri.proto import pb
+from tests.support.processes import CriClients, spawn_logged, stop_process
 
 __all__ = [
     "Containerd",
@@ -104,15 +105,6 @@ def containerd_version(binary: Optional[str] = None) -> str:
         raise ContainerdError(INSTALL_HINT)
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
     return (out.stdout or out.stderr).strip()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the process that started it dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # best effort; cleanup()/atexit remain the main cleanup
-        pass
 
 
 def _toml_value(value: Any) -> str:
@@ -240,7 +232,7 @@ def _arg(argv: list[str], flag: str) -> Optional[str]:
     return None
 
 
-class Containerd:
+class Containerd(CriClients):
     """One containerd process in its own temporary directory, serving CRI v1.
 
     :param insecure_registries: ``HOST:PORT`` of registries reached over plain
@@ -393,21 +385,9 @@ class Containerd:
             return self
         self.prepare()
         try:
-            log = open(self.log_path, "ab")
-            try:
-                env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.base}
-                self.process = subprocess.Popen(
-                    [self.binary, "--config", self.config_path],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.base,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
-            finally:
-                log.close()
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.base}
+            self.process = spawn_logged([self.binary, "--config", self.config_path], self.log_path, env=env,
+                                        cwd=self.base)
             _LIVE.add(self)
             deadline = time.monotonic() + timeout
             last = ""
@@ -433,20 +413,6 @@ class Containerd:
                 return f.read().decode("utf-8", "replace")[-tail:]
         except (OSError, ContainerdError):
             return "(no containerd output)"
-
-    def channel(self) -> grpc.Channel:
-        """A gRPC channel to containerd's socket (reused)."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(f"unix:{self.socket}")
-        return self._channel
-
-    def runtime(self) -> pb_grpc.RuntimeServiceStub:
-        """A CRI RuntimeService client."""
-        return pb_grpc.RuntimeServiceStub(self.channel())
-
-    def images(self) -> pb_grpc.ImageServiceStub:
-        """A CRI ImageService client."""
-        return pb_grpc.ImageServiceStub(self.channel())
 
     # -- pod sandboxes and their shims ---------------------------------------------------
 
@@ -590,26 +556,11 @@ class Containerd:
 
     def stop(self) -> Optional[int]:
         """SIGTERM containerd by its PID, SIGKILL if it lingers; return its status."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        self.close_channel()
         proc, self.process = self.process, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, _STOP_GRACE)
 
     def cleanup(self) -> None:
         """Remove the pods, stop containerd, kill leftover shims, unmount what

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import grpc
 
-from rktlet.cri.proto import pb, pb_grpc
+from rktlet.cri.proto import pb
+from tests.support.processes import CriClients, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +46,7 @@ def twistd_command(*args: str) -> list[str]:
     return [twistd, "--nodaemon", "--pidfile=", "rktlet", *args]
 
 
-class Daemon:
+class Daemon(CriClients):
     """One rktlet process in its own temporary directories.
 
     :param extra_args: more command-line options.
@@ -115,39 +116,16 @@ class Daemon:
         except FileNotFoundError:
             return ""
 
-    def channel(self) -> grpc.Channel:
-        """A gRPC channel to the daemon's socket (reused)."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(f"unix:{self.socket}")
-        return self._channel
-
-    def runtime(self) -> pb_grpc.RuntimeServiceStub:
-        """A RuntimeService client."""
-        return pb_grpc.RuntimeServiceStub(self.channel())
-
-    def images(self) -> pb_grpc.ImageServiceStub:
-        """An ImageService client."""
-        return pb_grpc.ImageServiceStub(self.channel())
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal the daemon (by PID) and wait; SIGKILL if it lingers.
 
         :returns: its exit status.
         """
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        self.close_channel()
         proc, self.process = self.process, None
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, timeout, sig)
 
     def cleanup(self) -> None:
         """Stop the daemon and remove its directories — unmounting first

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import atexit
 import base64
-import ctypes
 import hashlib
 import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -36,6 +34,8 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Optional, Union
+
+from tests.support.processes import spawn_logged, stop_process
 
 __all__ = [
     "DEFAULT_REGISTRY_BINARY",
@@ -81,15 +81,6 @@ def registry_available(binary: str = DEFAULT_REGISTRY_BINARY) -> Optional[str]:
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         return f"{binary} is missing (Debian package docker-registry)"
     return None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the test process dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # best effort; stop()/atexit remain the main cleanup
-        pass
 
 
 def _free_port() -> int:
@@ -218,22 +209,10 @@ class LocalRegistry:
             raise
 
     def _spawn_and_wait(self, config: str) -> bool:
-        log = open(self.stderr_path, "wb")
-        try:
-            # A clean environment: REGISTRY_* variables would override the config.
-            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.tmpdir or "/"}
-            self.process = subprocess.Popen(
-                [self.binary, "serve", config],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.tmpdir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
+        # A clean environment: REGISTRY_* variables would override the config.
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.tmpdir or "/"}
+        self.process = spawn_logged([self.binary, "serve", config], self.stderr_path, env=env, cwd=self.tmpdir,
+                                    mode="wb")
         _LIVE.add(self)
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
@@ -262,19 +241,7 @@ class LocalRegistry:
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+        stop_process(proc, _STOP_GRACE)
         self.process = None
         _LIVE.discard(self)
 

@@ -35,19 +35,19 @@ import argparse
 import atexit
 import base64
 import binascii
-import ctypes
 import json
 import os
 import re
 import secrets
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
+
+from tests.support.processes import spawn, stop_process
 
 __all__ = ["RegistryProxy", "main"]
 
@@ -382,15 +382,6 @@ def _build_site(reactor: Any, upstream: str, token_auth: Optional[tuple[str, str
     return QuietSite(Proxy())
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the test process dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def _credentials(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user:
@@ -506,16 +497,7 @@ class RegistryProxy:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=fd,
-                cwd=REPO,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+            self.process = spawn(self.argv, stdout=subprocess.PIPE, stderr=fd, env=env, cwd=REPO)
         finally:
             os.close(fd)
         _LIVE.add(self)
@@ -576,19 +558,7 @@ class RegistryProxy:
         proc, self.process = self.process, None
         code = None
         if proc is not None:
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    proc.wait(timeout=_STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    try:
-                        os.kill(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    proc.wait()
+            stop_process(proc, _STOP_GRACE)
             if proc.stdout is not None and not proc.stdout.closed:
                 proc.stdout.close()
             code = proc.returncode
