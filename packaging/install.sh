@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install rktlet and what it runs on, on Debian 12, as root:
-#   - Debian packages: runc, conmon, CNI plugins, catatonit, iptables, python3-venv;
+#   - Debian packages: runc, conmon, CNI plugins, catatonit, iptables, python3-venv,
+#     gcc (to build the small exec reaper, rktlet/oci/reaper.c);
 #   - the rktlet Python package in its own virtualenv, /opt/rktlet
 #     (the `rktlet` command is /opt/rktlet/bin/rktlet);
 #   - /etc/rktlet/rktlet.toml (the defaults, documented) if there is none;
@@ -18,11 +19,15 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq runc conmon containernetworking-plugins catatonit iptables iproute2 python3-venv >/dev/null
+apt-get install -y -qq runc conmon containernetworking-plugins catatonit iptables iproute2 python3-venv \
+    gcc libc6-dev >/dev/null
 
 [ -x "$prefix/bin/python" ] || "$python" -m venv "$prefix"
 "$prefix/bin/pip" install -q --upgrade pip
 "$prefix/bin/pip" install -q "$here"
+# The compiled exec reaper: ExecSync's fast path (exec.py falls back to a
+# Python one without it).
+cc -O2 -Wall -o "$prefix/bin/rktlet-exec-reaper" "$here/rktlet/oci/reaper.c"
 
 install -d -m 0755 /etc/rktlet
 [ -e /etc/rktlet/rktlet.toml ] || install -m 0644 "$here/packaging/rktlet.toml" /etc/rktlet/rktlet.toml

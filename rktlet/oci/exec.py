@@ -52,10 +52,12 @@ from __future__ import annotations
 import copy
 import errno
 import fcntl
+import functools
 import json
 import os
 import pty
 import secrets
+import shutil
 import signal
 import struct
 import sys
@@ -362,10 +364,24 @@ def _runc_argv(runtime: OCIRuntime, files: _ExecFiles, container_id: str, detach
     ]  # fmt: skip
 
 
+COMPILED_REAPER = "rktlet-exec-reaper"
+
+
+@functools.lru_cache(maxsize=1)
+def _reaper_command() -> tuple[str, ...]:
+    """The reaper to run: the compiled one (``reaper.c``, installed beside
+    this interpreter by tests/run and packaging/install.sh) starts in about a
+    millisecond; else this interpreter with ``-I -S`` (no site packages, no
+    environment), which takes 10–20 ms to start."""
+    beside = os.path.join(os.path.dirname(sys.executable or ""), COMPILED_REAPER)
+    found = beside if os.access(beside, os.X_OK) else shutil.which(COMPILED_REAPER)
+    if found:
+        return (found,)
+    return (sys.executable or "python3", "-I", "-S", "-c", _REAPER)
+
+
 def _reaper_argv(runtime: OCIRuntime, files: _ExecFiles, container_id: str) -> list[str]:
-    # This interpreter, -I -S: no site packages, no environment: it starts in
-    # ~20 ms (a whole ExecSync of `true` takes ~45 ms here).
-    return [sys.executable or "python3", "-I", "-S", "-c", _REAPER, files.pid, *_runc_argv(runtime, files, container_id, True)]
+    return [*_reaper_command(), files.pid, *_runc_argv(runtime, files, container_id, True)]
 
 
 def _env() -> dict[str, str]:

@@ -50,6 +50,37 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+REAPER_SOURCE = os.path.join(os.path.dirname(__file__), "..", "..", "rktlet", "oci", "reaper.c")
+
+
+@pytest.fixture(scope="module")
+def compiled_reaper(tmp_path_factory):
+    """rktlet/oci/reaper.c built for these tests (skipped without a C compiler)."""
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build rktlet/oci/reaper.c")
+    out = str(tmp_path_factory.mktemp("reaper") / "rktlet-exec-reaper")
+    subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", out, REAPER_SOURCE], check=True)
+    return out
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def reaper(request, monkeypatch):
+    """Every test runs with both reapers: the compiled one and the Python
+    fallback speak the same protocol."""
+    import rktlet.oci.exec as exec_module
+
+    if request.param == "compiled":
+        command = (request.getfixturevalue("compiled_reaper"),)
+    else:
+        command = (sys.executable, "-I", "-S", "-c", exec_module._REAPER)
+    monkeypatch.setattr(exec_module, "_reaper_command", lambda: command)
+    return request.param
+
+
 @pytest.fixture
 def runtime(tmp_path):
     path = tmp_path / "runc"
