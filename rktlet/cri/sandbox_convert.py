@@ -87,9 +87,9 @@ def metadata(sb: Sandbox) -> pb.PodSandboxMetadata:
     return pb.PodSandboxMetadata(name=sb.name, uid=sb.uid, namespace=sb.namespace, attempt=sb.attempt)
 
 
-def sandbox_summary(sb: Sandbox) -> pb.PodSandbox:
-    """A record as ListPodSandbox reports it."""
-    return pb.PodSandbox(
+def _identity(sb: Sandbox) -> dict:
+    """The fields PodSandbox and PodSandboxStatus share."""
+    return dict(
         id=sb.id,
         metadata=metadata(sb),
         state=STATES.get(sb.state, pb.SANDBOX_NOTREADY),
@@ -100,17 +100,16 @@ def sandbox_summary(sb: Sandbox) -> pb.PodSandbox:
     )
 
 
+def sandbox_summary(sb: Sandbox) -> pb.PodSandbox:
+    """A record as ListPodSandbox reports it."""
+    return pb.PodSandbox(**_identity(sb))
+
+
 def sandbox_status(sb: Sandbox) -> pb.PodSandboxStatus:
     """A record as PodSandboxStatus reports it. The namespace modes must be
     right: the kubelet recreates a sandbox whose network mode looks changed."""
     status = pb.PodSandboxStatus(
-        id=sb.id,
-        metadata=metadata(sb),
-        state=STATES.get(sb.state, pb.SANDBOX_NOTREADY),
-        created_at=sb.created_at,
-        labels=sb.labels,
-        annotations=sb.annotations,
-        runtime_handler=sb.handler,
+        **_identity(sb),
         linux=pb.LinuxPodSandboxStatus(
             namespaces=pb.Namespace(
                 options=pb.NamespaceOption(

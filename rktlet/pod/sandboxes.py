@@ -324,34 +324,22 @@ class SandboxManager:
     async def stop(self, id_or_prefix: str) -> None:
         """StopPodSandbox: stop the containers, detach the network, end the
         infra process. Idempotent; an unknown id is fine (the CRI says so)."""
-        sb = self.find(id_or_prefix)
-        if sb is None:
-            return
-        await self._wait_created(sb)
-        lock = self._lock(sb.id)
-        await lock.acquire()
-        try:
+
+        async def stop(sb: Sandbox) -> None:
             if self.stop_containers is not None:
                 await self.stop_containers(sb, False)
             await self._teardown(sb, remove=False)
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
                 self._store.save(sb)
-        finally:
-            lock.release()
+
+        await self._exclusively(id_or_prefix, stop)
 
     async def remove(self, id_or_prefix: str) -> None:
         """RemovePodSandbox: force-stop, then remove everything the sandbox
         made and its record. Idempotent."""
-        sb = self.find(id_or_prefix)
-        if sb is None:
-            return
-        await self._wait_created(sb)
-        lock = self._lock(sb.id)
-        await lock.acquire()
-        try:
-            if sb.id not in self.sandboxes:
-                return
+
+        async def remove(sb: Sandbox) -> None:
             if self.stop_containers is not None:
                 await self.stop_containers(sb, True)
             if self.remove_containers is not None:
@@ -360,6 +348,21 @@ class SandboxManager:
             self._store.delete(sb.id)
             self._forget(sb)
             log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)
+
+        await self._exclusively(id_or_prefix, remove)
+
+    async def _exclusively(self, id_or_prefix: str, work: Callable[[Sandbox], Awaitable[None]]) -> None:
+        """Run *work* on the sandbox once it is made, one operation at a
+        time per sandbox; nothing to do when it is unknown or gone meanwhile."""
+        sb = self.find(id_or_prefix)
+        if sb is None:
+            return
+        await self._wait_created(sb)
+        lock = self._lock(sb.id)
+        await lock.acquire()
+        try:
+            if sb.id in self.sandboxes:
+                await work(sb)
         finally:
             lock.release()
 

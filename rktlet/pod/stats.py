@@ -63,6 +63,18 @@ class StatsCollector:
         self._sandboxes = sandboxes
         self._rates = CpuRates()
         self._usage = UsageCache(reactor, threadpool)
+        # What is kept per container or pod (rate key → usage path or ''),
+        # so that what removed ones left is dropped.
+        self._kept: dict[str, str] = {}
+
+    def _prune(self) -> None:
+        alive = set(self._containers.containers) | {f"pod:{i}" for i in self._sandboxes.sandboxes}
+        for key in [k for k in self._kept if k not in alive]:
+            self._rates.forget(key)
+            if self._kept[key]:
+                self._usage.forget(self._kept.pop(key))
+            else:
+                del self._kept[key]
 
     def _cgroup_of(self, c: Container) -> str | None:
         sb = self._sandboxes.find(c.sandbox_id)
@@ -71,6 +83,7 @@ class StatsCollector:
     async def containers(self, selected: list[Container]) -> list[ContainerFigures]:
         """Statistics of *selected* containers (running ones have cgroup
         figures; others only their writable layer)."""
+        self._prune()
         paths = {c.id: self._cgroup_of(c) for c in selected}
         wanted = [p for c_id, p in paths.items() if p]
         samples = await deferToThreadPool(self._reactor, self._threadpool, read_cgroups, self._layout, wanted)
@@ -80,6 +93,7 @@ class StatsCollector:
             sample = samples.get(paths[c.id]) if paths[c.id] else None
             rate = self._rates.observe(c.id, sample) if sample is not None else None
             upper = f"{c.layer_dir}/upper"
+            self._kept[c.id] = upper
             out.append(ContainerFigures(c, sample.timestamp_ns if sample else now, sample, rate,
                                         self._usage.get(upper), upper))
         return out
@@ -112,13 +126,10 @@ class StatsCollector:
         for sb in selected:
             sample = samples.get(sb.cgroup_parent)
             rate = self._rates.observe(f"pod:{sb.id}", sample) if sample is not None else None
+            self._kept.setdefault(f"pod:{sb.id}", "")
             out.append(PodFigures(sb, sample.timestamp_ns if sample else now, sample, rate,
                                   networks.get(sb.id, {}), tuple(figures_by_pod.get(sb.id, ()))))
         return out
-
-    def forget(self, key: str) -> None:
-        """Drop what is kept for a removed container or pod."""
-        self._rates.forget(key)
 
     async def container_stats(self, id_prefix: str = "", sandbox_prefix: str = "",
                               labels: dict[str, str] | None = None, one: bool = False) -> list[ContainerFigures]:

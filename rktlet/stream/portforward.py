@@ -267,19 +267,6 @@ class _Pair:
         self._handler._forget(self)
 
 
-class _ErrorListener:
-    """The client never writes on an error stream; it half-closes it at once."""
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def end_received(self) -> None:
-        pass
-
-    def reset_received(self) -> None:
-        pass
-
-
 class SpdyPortForwardHandler:
     """The :class:`~rktlet.stream.spdy.SpdyHandler` of a port-forward session.
 
@@ -326,8 +313,9 @@ class SpdyPortForwardHandler:
             pair = self._pairs[key] = _Pair(self, key, port)
             pair.timer = self._clock.callLater(self._pair_timeout, self._pair_timed_out, pair)
         if kind == "error":
+            # The client never writes on an error stream (it half-closes it
+            # at once): no listener, so whatever comes is dropped.
             pair.error = stream
-            stream.listener = _ErrorListener()
         else:
             pair.data = stream
             stream.listener = pair

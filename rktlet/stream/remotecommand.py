@@ -89,19 +89,6 @@ class _ResizeListener:
         pass
 
 
-class _Ignore:
-    """Listener for streams the client only reads (or unknown ones)."""
-
-    def data_received(self, data: bytes) -> None:
-        pass
-
-    def end_received(self) -> None:
-        pass
-
-    def reset_received(self) -> None:
-        pass
-
-
 class SpdyCommandHandler:
     """The :class:`~rktlet.stream.spdy.SpdyHandler` of an exec or attach
     session, and the :class:`~rktlet.stream.command.CommandWire` of its
@@ -151,7 +138,8 @@ class SpdyCommandHandler:
         elif kind == "resize":
             stream.listener = _ResizeListener(self)
         else:
-            stream.listener = _Ignore()
+            # Streams the client only reads keep no listener: anything it
+            # sends on them is dropped.
             if kind not in STREAM_TYPES:
                 log.info("ignoring a stream of unknown type {kind!r}", kind=kind)
                 return
