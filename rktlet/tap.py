@@ -31,6 +31,7 @@ from rktlet.network.cni import CNI
 from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
 from rktlet.oci.conmon import Conmon
+from rktlet.oci.procwatch import become_subreaper
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.pod.containers import ContainerManager
 from rktlet.pod.engine import Engine
@@ -115,6 +116,12 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             f"rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid {euid}"
         )
     logs.set_level(config.log_level)
+    try:
+        # conmon monitors daemonize (see rktlet.oci.conmon): as a subreaper
+        # the daemon gets them as children, watches and reaps them.
+        become_subreaper()
+    except OSError as e:
+        log.warn("{error}; container monitors will be PID 1's children", error=str(e))
     claim = claim_socket(config.socket)
     try:
         threadpool = reactor.getThreadPool()

@@ -15,6 +15,7 @@ import pytest
 from tests.support.crictl import Crictl, find_crictl
 from tests.support.daemon import Daemon
 from tests.support.pods import remove_all_pods
+from tests.support.processes import MONITOR_NAMES, reap_orphans
 from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
@@ -26,6 +27,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "/integration/" in str(item.fspath) or "/e2e/" in str(item.fspath):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subreaper():
+    """The test process is a child subreaper, as the daemon is: conmon
+    monitors (they daemonize) of in-process tests and of daemons the tests
+    killed become its children, are reaped, and never linger as zombies
+    under a PID 1 that does not reap."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from rktlet.oci.procwatch import become_subreaper
+    from tests.support.processes import reap_orphans
+
+    become_subreaper()
+    try:
+        yield
+    finally:
+        reap_orphans()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +73,7 @@ def daemon():
     finally:
         remove_all_pods(d)
         d.cleanup()
+        reap_orphans(MONITOR_NAMES)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet.defer import Deferred

@@ -6,33 +6,41 @@ One conmon process runs beside each container for its whole life.  It runs
 listens on the ctl FIFO (log reopen, pty resize), notices OOM kills and, when
 the container ends, writes an exit file and exits.
 
-rktlet runs conmon 2.1.x with ``--sync``: conmon then does not daemonize, so
-the process :meth:`Conmon.create` spawns *is* the monitor and stays the
-daemon's child (watched by a :class:`ProcessProtocol`); its exit status
-mirrors the container's.  It survives a daemon crash or restart; the new
-daemon re-attaches with :meth:`Conmon.adopt` and learns the end from the
-exit file once conmon is gone (a pidfd, else polling ``/proc``).
+rktlet runs conmon 2.1.x the way CRI-O does, without ``--sync``: the
+process :meth:`Conmon.create` spawns (the *launcher*) forks the monitor,
+writes the monitor's pid to ``--conmon-pidfile`` and exits.  The monitor is
+then an orphan; the daemon is a child subreaper
+(:func:`~rktlet.oci.procwatch.become_subreaper`), so it becomes the
+daemon's child, watched through a pidfd and reaped when it ends (its exit
+status mirrors the container's).  Why the fork: a process keeps every
+library page it ever touched mapped, and the fork leaves behind those only
+conmon's option parsing and start-up touched, about half of a ``--sync``
+conmon's resident memory.  The monitor survives a daemon crash or restart;
+the new daemon re-attaches with :meth:`Conmon.adopt` and learns the end from
+the exit file once conmon is gone (a pidfd, else polling ``/proc``).
 
 The handshake (see conmon's ``_OCI_SYNCPIPE`` / ``_OCI_STARTPIPE``):
 
-1. conmon is spawned with a pipe it writes on fd 3 (sync) and one it reads
-   on fd 4 (start); it parses its options, opens the log file and blocks
-   reading the start pipe;
+1. the launcher is spawned with a pipe it writes on fd 3 (sync) and one it
+   reads on fd 4 (start); it parses its options and blocks reading the
+   start pipe;
 2. we move it into the pod's cgroup (never leave it in the daemon's: a
-   restart of the daemon's unit would kill every monitor), then write one
-   byte on the start pipe;
-3. conmon sets itself up (``setsid``, subreaper, stdio on /dev/null, the
-   attach socket and FIFOs) and runs ``runc create``; it answers on the sync
-   pipe with one JSON line, ``{"pid": N}`` (the container waits in
-   ``runc init`` for ``runc start``) or ``{"pid": -1, "message": "…"}``.
+   restart of the daemon's unit would kill every monitor; the monitor,
+   forked next, inherits the cgroup), then write one byte on the start pipe;
+3. the launcher forks, writes the monitor's pid file and exits 0; the
+   monitor sets itself up (``setsid``, subreaper, stdio on /dev/null, the
+   attach socket and FIFOs) and runs ``runc create``; it answers on the
+   sync pipe it inherited with one JSON line, ``{"pid": N}`` (the container
+   waits in ``runc init`` for ``runc start``) or
+   ``{"pid": -1, "message": "…"}``.
 
 Files made for a container (:class:`MonitorPaths`): the exit file
 ``<exits_dir>/<id>`` (decimal text, no newline; killed by signal N → 128+N)
 and ``<bundle>/exit``; ``<socket_dir>/<id>`` → a symlink to the bundle, so
 that the attach socket ``<socket_dir>/<id>/attach`` fits ``sun_path``; the
-``ctl`` and ``winsz`` FIFOs and the runc ``pidfile`` in the bundle; an
-``oom`` file written in conmon's cwd (≤ 2.1.12) and in ``--persist-dir``
-(both are the bundle here).  conmon 2.1.6 leaves the socket symlink behind:
+``ctl`` and ``winsz`` FIFOs, the runc ``pidfile`` and the monitor's
+``conmon.pid`` in the bundle; an ``oom`` file written in conmon's cwd
+(≤ 2.1.12) and in ``--persist-dir`` (both are the bundle here).  conmon 2.1.6 leaves the socket symlink behind:
 :meth:`Conmon.cleanup` removes everything.
 """
 
@@ -51,14 +59,13 @@ from typing import Any, Awaitable, Callable, NamedTuple
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as _SyncTimeout
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from rktlet.deferutil import Shared
 from rktlet.errors import DeadlineExceeded, InvalidArgument, RuntimeFailure
 from rktlet.logs import logger
+from rktlet.oci.procwatch import ProcessEnd, ProcessWatch
 from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime, clean_message
 
 __all__ = [
@@ -125,6 +132,8 @@ class MonitorPaths:
         ``--persist-dir``.
     :ivar bundle_socket: ``<bundle>/attach``, the attach socket's real
         location (conmon unlinks it at exit, not when it is killed).
+    :ivar conmon_pid_file: ``<bundle>/conmon.pid``, the monitor's pid, which
+        the launcher writes before it exits.
     """
 
     bundle: str
@@ -137,13 +146,14 @@ class MonitorPaths:
     winsz_fifo: str = ""
     persist_exit_file: str = ""
     bundle_socket: str = ""
+    conmon_pid_file: str = ""
 
     def files(self) -> tuple[str, ...]:
         """Every file conmon may leave behind (what :meth:`Conmon.cleanup`
         removes); the bundle directory itself is not among them."""
         candidates = (
             self.exit_file, self.persist_exit_file, self.socket_link, self.bundle_socket,
-            self.ctl_fifo, self.winsz_fifo, self.pid_file, *self.oom_files,
+            self.ctl_fifo, self.winsz_fifo, self.pid_file, self.conmon_pid_file, *self.oom_files,
         )
         return tuple(dict.fromkeys(p for p in candidates if p))
 
@@ -180,6 +190,7 @@ def monitor_paths(bundle: str, exits_dir: str, socket_dir: str, container_id: st
         winsz_fifo=os.path.join(bundle, "winsz"),
         persist_exit_file=os.path.join(bundle, "exit"),
         bundle_socket=os.path.join(bundle, "attach"),
+        conmon_pid_file=os.path.join(bundle, "conmon.pid"),
     )
 
 
@@ -256,187 +267,61 @@ def _read_exit(paths: MonitorPaths) -> ExitStatus | None:
     return ExitStatus(code, stat.st_mtime_ns, any(os.path.exists(p) for p in paths.oom_files))
 
 
-def _proc_state(pid: int) -> tuple[str, str] | None:
-    """``(comm, state letter)`` of *pid*, or None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: cut at the last ')'.
-    left, right = stat.find(b"("), stat.rfind(b")")
-    comm = stat[left + 1:right].decode("utf-8", "replace")
-    fields = stat[right + 2:].split()
-    return comm, fields[0].decode() if fields else "?"
-
-
-def _alive(pid: int, comm: str | None = None) -> bool:
-    """Whether *pid* runs (zombies have ended; they only wait to be reaped
-    by a parent that may never do it) and, when given, is named *comm*."""
-    if pid <= 0:
-        return False
-    state = _proc_state(pid)
-    if state is None or state[1] in ("Z", "X", "x"):
-        return False
-    return comm is None or state[0] == comm
-
-
 # ---------------------------------------------------------------------------
-# Watching processes that are not (or no longer) our children
+# The launcher and the monitor
 # ---------------------------------------------------------------------------
 
-@implementer(IReadDescriptor)
-class _PidfdReader:
-    """A pidfd in the reactor: it becomes readable when the process exits."""
-
-    def __init__(self, reactor: Any, fd: int, callback: Callable[[], None]) -> None:
-        self._reactor = reactor
-        self._fd = fd
-        self._callback = callback
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def logPrefix(self) -> str:
-        return "pidfd"
-
-    def doRead(self) -> None:
-        self._fire()
-
-    def connectionLost(self, reason: Failure) -> None:
-        # The reactor reports POLLHUP (a reaped process, on newer kernels)
-        # without POLLIN this way: the process is gone all the same.
-        self._fire()
-
-    def _fire(self) -> None:
-        if self._fd < 0:
-            return
-        self.stop()
-        self._callback()
-
-    def stop(self) -> None:
-        if self._fd >= 0:
-            self._reactor.removeReader(self)
-            os.close(self._fd)
-            self._fd = -1
-
-
-class _ProcessWatch:
-    """Calls *callback* once when process *pid* has ended (or, with *comm*,
-    is no longer the process named so: its pid was reused).
-
-    A pidfd wakes the reactor at the exit; where pidfds are missing, /proc
-    is polled every *interval* seconds.
-    """
-
-    def __init__(self, reactor: Any, pid: int, callback: Callable[[], None], comm: str | None, interval: float) -> None:
-        self._reactor = reactor
-        self._pid = pid
-        self._callback: Callable[[], None] | None = callback
-        self._comm = comm
-        self._interval = interval
-        self._reader: _PidfdReader | None = None
-        self._timer: Any = None
-        fd = -1
-        try:
-            fd = os.pidfd_open(pid)
-        except (OSError, AttributeError):
-            pass  # gone already (checked below), or no pidfd support: poll
-        if fd >= 0:
-            # Opened after the pid was recorded: make sure it is still that
-            # process and not a newcomer that got its pid.
-            if _alive(pid, comm):
-                self._reader = _PidfdReader(reactor, fd, self._fire)
-                return
-            os.close(fd)
-        if not _alive(pid, comm):
-            # Not synchronously: the caller has not finished setting up.
-            self._timer = reactor.callLater(0, self._fire)
-        else:
-            self._timer = reactor.callLater(interval, self._poll)
-
-    def _poll(self) -> None:
-        self._timer = None
-        if _alive(self._pid, self._comm):
-            self._timer = self._reactor.callLater(self._interval, self._poll)
-        else:
-            self._fire()
-
-    def _fire(self) -> None:
-        self._timer = None
-        callback, self._callback = self._callback, None
-        self.stop()
-        if callback is not None:
-            callback()
-
-    def stop(self) -> None:
-        """Stop watching; the callback is not called any more."""
-        self._callback = None
-        if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-
-# ---------------------------------------------------------------------------
-# The monitor process
-# ---------------------------------------------------------------------------
-
-class _ConmonProcess(ProcessProtocol):
-    """Our side of a spawned conmon: the sync pipe (child fd 3, we read),
-    the start pipe (child fd 4, we write), its stderr until it moves its
-    stdio to /dev/null, and its exit."""
+class _Launcher(ProcessProtocol):
+    """Our side of the conmon we spawn (the launcher): the sync pipe (child
+    fd 3, we read; the monitor it forks writes on it), the start pipe (child
+    fd 4, we write), stderr until the monitor moves its stdio to /dev/null,
+    and the launcher's exit."""
 
     def __init__(self) -> None:
-        self.sync: Deferred[bytes] = Deferred()
+        self._sync: Deferred[bytes] = Deferred()
+        self._exited: Deferred[None] = Deferred()
+        #: conmon's sync line (waits may time out without touching it).
+        self.sync = Shared(self._sync, cancel_when_abandoned=False)
+        #: the launcher's exit.
+        self.exited = Shared(self._exited, cancel_when_abandoned=False)
         self.ended: Deferred[None] = Deferred()  # all pipes closed and reaped
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
-        self.exited = False
-        self._on_exit: list[Callable[[], None]] = []
         self._sync_buffer = b""
         self.stderr = bytearray()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 3:
-            if self.sync.called:
+            if self._sync.called:
                 return  # create mode sends one line only; ignore anything else
             self._sync_buffer += data
             if b"\n" in self._sync_buffer:
-                self.sync.callback(self._sync_buffer)
+                self._sync.callback(self._sync_buffer)
             elif len(self._sync_buffer) > 1 << 20:
-                self.sync.callback(self._sync_buffer)  # let the parser complain
+                self._sync.callback(self._sync_buffer)  # let the parser complain
         elif childFD in (1, 2) and len(self.stderr) < _STDERR_LIMIT:
             self.stderr += data[: _STDERR_LIMIT - len(self.stderr)]
 
     def childConnectionLost(self, childFD: int) -> None:
-        if childFD == 3 and not self.sync.called:
+        if childFD == 3 and not self._sync.called:
             if self._sync_buffer:
-                self.sync.callback(self._sync_buffer)
+                self._sync.callback(self._sync_buffer)
             else:
-                self.sync.errback(Failure(RuntimeFailure("conmon closed its sync pipe without reporting")))
+                self._sync.errback(Failure(RuntimeFailure("conmon closed its sync pipe without reporting")))
 
     def processExited(self, reason: Failure) -> None:
         self.exit_code = getattr(reason.value, "exitCode", None)
         self.exit_signal = getattr(reason.value, "signal", None)
-        self.exited = True
-        callbacks, self._on_exit = self._on_exit, []
-        for callback in callbacks:
-            callback()
+        self._exited.callback(None)
 
     def processEnded(self, reason: Failure) -> None:
         if not self.ended.called:
             self.ended.callback(None)
 
-    def on_exit(self, callback: Callable[[], None]) -> None:
-        """Call *callback* once conmon has exited (now, if it has)."""
-        if self.exited:
-            callback()
-        else:
-            self._on_exit.append(callback)
+    @property
+    def failed(self) -> bool:
+        """Whether the launcher has exited other than with status 0."""
+        return self.exited.done and (self.exit_code != 0 or self.exit_signal is not None)
 
     def describe_exit(self) -> str:
         if self.exit_signal is not None:
@@ -449,9 +334,9 @@ class Monitor:
 
     :ivar container_id: the container.
     :ivar paths: its :class:`MonitorPaths`.
-    :ivar conmon_pid: conmon's pid (what the daemon records to re-adopt).
+    :ivar conmon_pid: the monitor's pid (what the daemon records to re-adopt).
     :ivar container_pid: the container's init process, as seen on the host.
-    :ivar adopted: made by :meth:`Conmon.adopt` (conmon is not our child).
+    :ivar adopted: made by :meth:`Conmon.adopt` (an earlier daemon's conmon).
     :ivar lost: the exit status could not be known (conmon ended without
         writing an exit file); :attr:`exited` then reports
         :data:`UNKNOWN_EXIT_CODE`.
@@ -467,8 +352,10 @@ class Monitor:
         self._done: Deferred[ExitStatus] = Deferred()
         self._shared = Shared(self._done, cancel_when_abandoned=False)
         self._status: ExitStatus | None = None
-        self._watches: list[_ProcessWatch] = []
-        self._process: _ConmonProcess | None = None
+        self._watches: list[ProcessWatch] = []
+        self._conmon_gone = False
+        self._conmon_end: ProcessEnd | None = None
+        self._ready = True  # false while create() still waits for runc
         self._forgotten = False
 
     @property
@@ -485,16 +372,17 @@ class Monitor:
         return self._status
 
     @property
-    def conmon_exited(self) -> bool | None:
-        """Whether conmon, our child, has exited and been reaped; None for
-        an adopted conmon (not our child: only its end is watched)."""
-        return None if self._process is None else self._process.exited
+    def conmon_exited(self) -> bool:
+        """Whether conmon's end has been seen (and, if it was our child, it
+        has been reaped)."""
+        return self._conmon_gone
 
     @property
     def conmon_exit_code(self) -> int | None:
-        """conmon's own exit status once it has exited normally (with
-        ``--sync`` it mirrors the container's); None otherwise."""
-        return None if self._process is None else self._process.exit_code
+        """conmon's own exit status (it mirrors the container's) once it
+        has exited normally and this daemon reaped it; None otherwise."""
+        end = self._conmon_end
+        return None if end is None or end.signal is not None else end.exit_code
 
     @property
     def running(self) -> bool:
@@ -564,6 +452,8 @@ class Conmon:
         self.socket_dir = os.path.abspath(socket_dir)
         self.create_timeout = create_timeout
         self.poll_interval = poll_interval
+        #: conmon's process name (what /proc shows), to recognise it.
+        self.comm = os.path.basename(self.binary)[:15]
         self._monitors: dict[str, Monitor] = {}
 
     # -- paths and files ------------------------------------------------------
@@ -656,7 +546,7 @@ class Conmon:
     def _argv(self, container_id: str, paths: MonitorPaths, log_path: str, tty: bool, stdin: bool,
               stdin_once: bool, name: str | None) -> list[str]:
         argv = [
-            self.binary, "--sync",
+            self.binary,
             "-b", paths.bundle,
             "-c", container_id,
             "-u", container_id,  # names the attach-socket symlink
@@ -670,6 +560,7 @@ class Conmon:
             "--exit-dir", self.exits_dir,
             "--socket-dir-path", self.socket_dir,
             "-p", paths.pid_file,
+            "--conmon-pidfile", paths.conmon_pid_file,
             "--persist-dir", paths.bundle,
             "--log-level", "error",
         ]
@@ -701,10 +592,10 @@ class Conmon:
         :param tty: give the container a pty (conmon owns the master).
         :param stdin: keep a stdin pipe fed from the attach socket;
             *stdin_once* closes it when the first attached client leaves.
-        :param cgroup: called with conmon's pid before conmon may proceed, to
-            move it out of the daemon's cgroup (into the pod's); it may
-            return an awaitable.  If it fails, conmon is killed and the
-            error raised.
+        :param cgroup: called with the launcher's pid before it may fork
+            the monitor, to move it out of the daemon's cgroup (into the
+            pod's); it may return an awaitable.  If it fails, the launcher
+            is killed and the error raised.
         :param name: a name for conmon's own messages (default: the id).
         :raises RuntimeFailure: with runc's message when ``runc create``
             fails, or what went wrong with conmon; nothing is left behind.
@@ -727,63 +618,98 @@ class Conmon:
             "_OCI_SYNCPIPE": "3",
             "_OCI_STARTPIPE": "4",
         }
-        proto = _ConmonProcess()
+        launcher = _Launcher()
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             # cwd = bundle: conmon ≤ 2.1.12 writes its "oom" marker in its
             # cwd.  A cwd makes Twisted fork (not posix_spawn); that is safe
             # because rktlet disables gRPC's fork handlers (rktlet/__init__).
             transport = self._reactor.spawnProcess(
-                proto, self.binary, argv, env=env, path=paths.bundle,
+                launcher, self.binary, argv, env=env, path=paths.bundle,
                 childFDs={0: devnull, 1: "r", 2: "r", 3: "r", 4: "w"},
             )
         except OSError as e:
             raise RuntimeFailure(f"cannot run {self.binary}: {os.strerror(e.errno or 0)}") from e
         finally:
             os.close(devnull)
-        conmon_pid: int = transport.pid
-        reported_failure = False  # conmon said runc failed: it exits by itself
+        deadline = self._reactor.seconds() + self.create_timeout
+        monitor: Monitor | None = None
+        released = False  # the start byte went: the launcher may have forked
+        reported_failure = False  # conmon said why it failed: it ends by itself
         try:
             if cgroup is not None:
-                result = cgroup(conmon_pid)
+                result = cgroup(transport.pid)
                 if inspect.isawaitable(result):
                     await result
-            # Any byte releases conmon; it reads the start pipe once in
-            # create mode, so our end can go now.
+            # Any byte releases the launcher; it reads the start pipe once,
+            # so our end can go now.
+            released = True
             transport.writeToChild(4, b"\0")
             transport.closeChildFD(4)
-            try:
-                raw = await proto.sync.addTimeout(self.create_timeout, self._reactor)
-            except _SyncTimeout:
-                raise DeadlineExceeded(
-                    f"create container {container_id}: conmon did not report within {self.create_timeout:g}s"
-                ) from None
-            except RuntimeFailure:
-                # conmon ended without a word: its stderr says why.
+            await self._within(launcher.exited.wait(), deadline, container_id, "conmon did not start its monitor")
+            monitor = self._watch_new_monitor(container_id, paths)
+            if launcher.failed or monitor is None:
                 reported_failure = True
-                await self._until(lambda: proto.ended.called, _STDERR_GRACE)
-                raise RuntimeFailure(self._conmon_failure(container_id, proto)) from None
+                raise RuntimeFailure(await self._conmon_failure(container_id, launcher))
+            try:
+                raw = await self._within(launcher.sync.wait(), deadline, container_id, "conmon did not report")
+            except RuntimeFailure:
+                # The monitor ended without a word: its stderr may say why.
+                reported_failure = True
+                raise RuntimeFailure(await self._conmon_failure(container_id, launcher)) from None
             pid, message = parse_sync_message(raw)
             if pid <= 0:
                 reported_failure = True
                 raise RuntimeFailure(f"create container {container_id}: {message or 'the OCI runtime failed'}")
         except BaseException:
-            await self._abandon(container_id, paths, proto, transport, kill_now=not reported_failure)
+            await self._abandon(container_id, paths, launcher, transport, released, monitor,
+                                kill_now=not reported_failure)
             raise
         # conmon writes nothing more on the sync pipe in create mode; a
         # closed reader is harmless to it (as after a daemon crash).
         transport.closeChildFD(3)
-        monitor = Monitor(container_id, paths, conmon_pid, pid, adopted=False)
-        monitor._process = proto
+        monitor.container_pid = pid
+        monitor._ready = True
         self._monitors[container_id] = monitor
-        proto.on_exit(lambda: self._conmon_exited(monitor, proto.exit_code, proto.exit_signal))
-        log.debug("conmon {conmon_pid} created container {id} (pid {pid})", conmon_pid=conmon_pid, id=container_id, pid=pid)
+        if monitor.conmon_exited:  # killed already, by someone else
+            self._conmon_exited(monitor)
+        log.debug("conmon {conmon_pid} created container {id} (pid {pid})",
+                  conmon_pid=monitor.conmon_pid, id=container_id, pid=pid)
         return monitor
 
-    def _conmon_failure(self, container_id: str, proto: _ConmonProcess) -> str:
+    async def _within(self, waiting: Deferred, deadline: float, container_id: str, what: str) -> Any:
+        """Await *waiting* until *deadline* (reactor seconds)."""
+        try:
+            return await waiting.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
+        except _SyncTimeout:
+            raise DeadlineExceeded(
+                f"create container {container_id}: {what} within {self.create_timeout:g}s"
+            ) from None
+
+    def _watch_new_monitor(self, container_id: str, paths: MonitorPaths) -> Monitor | None:
+        """The :class:`Monitor` of the conmon the launcher forked, watched
+        from now on; None if the launcher wrote no pid file."""
+        try:
+            with open(paths.conmon_pid_file, "rb") as f:
+                conmon_pid = int(f.read(32).strip() or b"0")
+        except (OSError, ValueError):
+            return None
+        if conmon_pid <= 0:
+            return None
+        monitor = Monitor(container_id, paths, conmon_pid, 0, adopted=False)
+        monitor._ready = False
+        monitor._watches.append(ProcessWatch(
+            self._reactor, conmon_pid, lambda end: self._conmon_ended(monitor, end), None, self.poll_interval,
+        ))
+        return monitor
+
+    async def _conmon_failure(self, container_id: str, launcher: _Launcher) -> str:
+        """Why conmon failed, from its stderr (waited for a moment: the
+        last bytes may come after the exit or the sync pipe's end)."""
+        await self._until(lambda: launcher.ended.called, _STDERR_GRACE)
         # conmon prefixes its messages with "[conmon:e]: " (its log level).
-        detail = _CONMON_PREFIX.sub("", clean_message(bytes(proto.stderr)))
-        how = proto.describe_exit() if proto.exited else "closed its sync pipe"
+        detail = _CONMON_PREFIX.sub("", clean_message(bytes(launcher.stderr)))
+        how = launcher.describe_exit() if launcher.failed else "closed its sync pipe"
         text = f"create container {container_id}: conmon {how} before reporting the container"
         return f"{text}: {detail}" if detail else text
 
@@ -797,20 +723,38 @@ class Conmon:
             await d
         return predicate()
 
-    async def _abandon(self, container_id: str, paths: MonitorPaths, proto: _ConmonProcess, transport: Any,
-                       kill_now: bool) -> None:
+    async def _abandon(self, container_id: str, paths: MonitorPaths, launcher: _Launcher, transport: Any,
+                       released: bool, monitor: Monitor | None, kill_now: bool) -> None:
         """After a failed create: make sure conmon (and what it started) is
         gone, delete the runtime's container, remove conmon's files.
 
-        A conmon that reported failure exits by itself and gets a grace
-        period; one that timed out, whose caller gave up or whose cgroup
-        could not be set is killed at once.
+        A monitor that reported failure exits by itself and gets a grace
+        period; one that timed out or whose caller gave up is killed at once.
+        A launcher that was never *released* (its cgroup could not be set)
+        is killed at once.
         """
-        if kill_now:
-            self._kill_conmon(transport)
-        if not await self._until(lambda: proto.exited, _EXIT_GRACE):
-            self._kill_conmon(transport)
-            await self._until(lambda: proto.exited, _EXIT_GRACE)
+        if released:
+            # Killed between its fork and its pid file, the launcher would
+            # leave a monitor we cannot name: let it finish (it only forks
+            # and writes the file).
+            await self._until(lambda: launcher.exited.done, _EXIT_GRACE)
+        if not launcher.exited.done:
+            # Never released (the cgroup step failed), or stuck: it is still
+            # in our process group, so only it is signalled.
+            try:
+                transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+            await self._until(lambda: launcher.exited.done, _EXIT_GRACE)
+        if monitor is None:
+            monitor = self._watch_new_monitor(container_id, paths)
+        if monitor is not None:
+            if kill_now:
+                self._kill_monitor(monitor)
+            if not await self._until(lambda: monitor.conmon_exited, _EXIT_GRACE):
+                self._kill_monitor(monitor)
+                await self._until(lambda: monitor.conmon_exited, _EXIT_GRACE)
+            monitor.stop_watching()
         transport.loseConnection()
         try:
             await self.runtime.delete(container_id, force=True)
@@ -822,26 +766,33 @@ class Conmon:
             log.warn("after a failed create of {id}: {error}", id=container_id, error=str(e))
 
     @staticmethod
-    def _kill_conmon(transport: Any) -> None:
-        pid = transport.pid
-        if pid is None:
-            return
+    def _kill_monitor(monitor: Monitor) -> None:
+        """SIGKILL a monitor that is still being created, with what it runs
+        (``runc create``): it is a session and group leader from its first
+        steps; until then killpg finds no such group and only it is hit."""
+        if monitor.conmon_exited:
+            return  # its pid may be someone else's by now
+        pid = monitor.conmon_pid
         try:
-            # After the start byte conmon is a session (and group) leader.
-            # Before it, it is still in our group: killpg then finds no group
-            # named by its pid, and only conmon itself is signalled.
             os.killpg(pid, _signal.SIGKILL)
             return
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            transport.signalProcess("KILL")
-        except ProcessExitedAlready:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
     # -- watching -------------------------------------------------------------
 
-    def _conmon_exited(self, monitor: Monitor, exit_code: int | None, exit_signal: int | None) -> None:
+    def _conmon_ended(self, monitor: Monitor, end: ProcessEnd | None) -> None:
+        """The monitor's watch fired: *end* is its status if we reaped it."""
+        monitor._conmon_gone = True
+        monitor._conmon_end = end
+        if monitor._ready:
+            self._conmon_exited(monitor)
+
+    def _conmon_exited(self, monitor: Monitor) -> None:
         """conmon is gone: report the exit file, or, without one, wait for
         the container process itself and report an unknown status."""
         if monitor._forgotten:
@@ -850,25 +801,27 @@ class Conmon:
         if status is not None:
             monitor._finish(status)
             return
+        end = monitor._conmon_end
         log.warn(
             "conmon {pid} of container {id} ended ({how}) without writing an exit file",
-            pid=monitor.conmon_pid, id=monitor.container_id,
-            how=f"signal {exit_signal}" if exit_signal is not None else f"status {exit_code}",
+            pid=monitor.conmon_pid, id=monitor.container_id, how=end.describe() if end else "status unknown",
         )
-        # With --sync conmon's own exit code is the container's; it is only
-        # trusted when conmon was our child and exited normally.
-        code = exit_code if (exit_code is not None and exit_signal is None) else UNKNOWN_EXIT_CODE
+        # conmon's own exit code is the container's; it is only known when
+        # this daemon reaped it after a normal exit.
+        code = monitor.conmon_exit_code
+        code = UNKNOWN_EXIT_CODE if code is None else code
 
-        def container_gone() -> None:
+        def container_gone(_: ProcessEnd | None) -> None:
             status = self._read_status(monitor)
             if status is None:
                 oom = any(os.path.exists(p) for p in monitor.paths.oom_files)
                 status = ExitStatus(code, self._now_ns(), oom)
             monitor._finish(status, lost=code == UNKNOWN_EXIT_CODE)
 
-        # conmon was the container's subreaper; the container may well run on.
+        # conmon was the container's subreaper; the container may well run on
+        # (and, the daemon being a subreaper too, be ours to reap).
         monitor._watches.append(
-            _ProcessWatch(self._reactor, monitor.container_pid, container_gone, None, self.poll_interval)
+            ProcessWatch(self._reactor, monitor.container_pid, container_gone, None, self.poll_interval)
         )
 
     def _read_status(self, monitor: Monitor) -> ExitStatus | None:
@@ -897,10 +850,8 @@ class Conmon:
         if status is not None:
             monitor._finish(status)
             return monitor
-        monitor._watches.append(_ProcessWatch(
-            self._reactor, conmon_pid,
-            lambda: self._conmon_exited(monitor, None, None),
-            "conmon", self.poll_interval,
+        monitor._watches.append(ProcessWatch(
+            self._reactor, conmon_pid, lambda end: self._conmon_ended(monitor, end), self.comm, self.poll_interval,
         ))
         return monitor
 

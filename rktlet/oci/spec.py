@@ -32,6 +32,7 @@ from rktlet.oci.container_config import (
     PodContext,
     Profile,
     ResolvedUser,
+    Resources,
 )
 from rktlet.oci.namespaces import sysctl_namespace
 from rktlet.oci.seccomp import default_profile, load_localhost

@@ -12,8 +12,6 @@ turns it on for a gateway).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import secrets

@@ -27,12 +27,14 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from rktlet.errors import RuntimeFailure
+from rktlet.errors import DeadlineExceeded, RuntimeFailure
 from rktlet.image.unpack import unpack_layer
 from rktlet.oci import cgroups
 from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
+from rktlet.oci.procwatch import alive
 from rktlet.oci.runtime import OCIRuntime
 from tests.support.images import busybox_layer
+from tests.support.processes import MONITOR_NAMES, reap_orphans
 
 pytestmark = pytest.mark.root
 
@@ -196,9 +198,11 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        # conmon is the reactor's child: let Twisted reap it (an orphan would
-        # stay a zombie on hosts whose PID 1 does not reap).
-        await wait_for(lambda: all(m.conmon_exited is not False for m in self.monitors), 10, "conmon to be reaped")
+        # The monitors are this (subreaper) process's children: their
+        # watches reap them; reap the rest (stopped watches) here.
+        await wait_for(lambda: not conmon_pids_for(self.base), 10, "conmon to end")
+        await wait_for(lambda: all(m.conmon_exited or not m.running for m in self.monitors), 10, "conmon to be reaped")
+        reap_orphans(MONITOR_NAMES)
         for c in self.conmons:
             c.close()
         dirs = list(self.cgroup_dirs)
@@ -262,7 +266,10 @@ async def test_create_start_log_and_exit_code(lab):
     assert lab.conmon.read_exit(container_id, bundle) == (3, finished_at, False)
     # Another waiter, later, gets the same answer.
     assert (await monitor.exited) == (3, finished_at, False)
-    assert monitor.conmon_exited and monitor.conmon_exit_code == 3  # --sync: conmon mirrors it
+    # The monitor was reaped here (this process is a subreaper, as the
+    # daemon is); its own status mirrors the container's.
+    assert monitor.conmon_exited and monitor.conmon_exit_code == 3
+    assert not os.path.exists(f"/proc/{monitor.conmon_pid}")
 
     records = lab.log_records(lab.log_path(container_id))
     assert ("stdout", "F", "hello") in records
@@ -439,16 +446,38 @@ async def test_failed_cgroup_placement_kills_conmon(lab):
 
 
 @pytest_twisted.ensureDeferred
-async def test_create_timeout_leaves_nothing(lab):
-    from rktlet.errors import DeadlineExceeded
-
-    impatient = Conmon(reactor, lab.runtime, CONMON, exits_dir=lab.exits, socket_dir=lab.sockets, create_timeout=0.005)
+async def test_create_timeout_before_the_monitor_leaves_nothing(lab):
+    # The deadline strikes while the launcher has not forked the monitor yet.
+    impatient = Conmon(reactor, lab.runtime, CONMON, exits_dir=lab.exits, socket_dir=lab.sockets,
+                       create_timeout=0.0)
     container_id = "slow"
     lab.ids.append(container_id)
     bundle = lab.bundle(container_id, ["sleep", "100"])
-    with pytest.raises(DeadlineExceeded, match="did not report within"):
+    with pytest.raises(DeadlineExceeded, match=r"conmon did not start its monitor within 0s"):
         await impatient.create(container_id, bundle, lab.log_path(container_id), cgroup=lab.place_conmon)
     assert not conmon_pids_for(lab.base)
     await wait_for(lambda: not _runc_pids(lab), 5, "runc processes to end")
     assert await lab.runtime.state(container_id) is None
+    assert not any(os.path.lexists(p) for p in impatient.paths(container_id, bundle).files())
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_timeout_while_the_runtime_runs_leaves_nothing(lab):
+    # The monitor runs a "runtime" whose create never ends: the deadline
+    # kills the monitor and what it runs.
+    slow_runtime = os.path.join(lab.base, "slow-runtime")
+    marker = os.path.join(lab.base, "slow-runtime.pid")
+    with open(slow_runtime, "w") as f:
+        f.write(f'#!/bin/sh\ncase " $* " in *" create "*) echo $$ > {marker}; exec sleep 100;; esac\nexit 0\n')
+    os.chmod(slow_runtime, 0o755)
+    runtime = OCIRuntime(reactor, slow_runtime, os.path.join(lab.base, "slow-root"))
+    impatient = Conmon(reactor, runtime, CONMON, exits_dir=lab.exits, socket_dir=lab.sockets, create_timeout=1.0)
+    container_id = "stuck"
+    bundle = lab.bundle(container_id, ["sleep", "100"])
+    with pytest.raises(DeadlineExceeded, match=r"conmon did not report within 1s"):
+        await impatient.create(container_id, bundle, lab.log_path(container_id), cgroup=lab.place_conmon)
+    with open(marker) as f:
+        stuck = int(f.read())
+    assert not conmon_pids_for(lab.base)
+    await wait_for(lambda: not alive(stuck), 5, "the runtime's create to be killed")
     assert not any(os.path.lexists(p) for p in impatient.paths(container_id, bundle).files())

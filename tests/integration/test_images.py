@@ -9,7 +9,6 @@ import grpc
 import pytest
 
 from rktlet.cri.proto import pb
-from tests.support.daemon import Daemon
 
 
 def spec(ref):

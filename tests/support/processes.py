@@ -8,12 +8,13 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import IO, Optional, Union
 
 import grpc
 
 from rktlet.cri.proto import pb_grpc
+from rktlet.oci.procwatch import proc_state
 
 
 def die_with_parent() -> None:
@@ -23,6 +24,35 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:  # best effort; stop()/cleanup()/atexit remain the main cleanup
         pass
+
+
+#: The names (comm) of what a killed daemon leaves to the test process.
+MONITOR_NAMES = ("conmon", "runc", "catatonit")
+
+
+def reap_orphans(names: Optional[Collection[str]] = None) -> list[int]:
+    """Reap zombie children of this process, only those named (comm) in
+    *names* when given; their pids.
+
+    The test process is a child subreaper (``tests/conftest.py``), like the
+    daemon: conmon monitors an in-process ``Conmon`` started, and those of a
+    daemon a test killed, end up as its children and would stay zombies.
+    Call it without *names* only when no ``Popen`` is left to wait for.
+    """
+    me = os.getpid()
+    reaped = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        state = proc_state(int(entry))
+        if state is None or state[1] != "Z" or state[2] != me or (names is not None and state[0] not in names):
+            continue
+        try:
+            if os.waitpid(int(entry), os.WNOHANG)[0]:
+                reaped.append(int(entry))
+        except ChildProcessError:
+            pass
+    return reaped
 
 
 def spawn(argv: Sequence[str], *, stdout: Union[int, IO, None], stderr: Union[int, IO, None],

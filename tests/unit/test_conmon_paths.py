@@ -47,11 +47,12 @@ def test_paths_derivation():
         winsz_fifo="/var/lib/rktlet/c/x/bundle/winsz",
         persist_exit_file="/var/lib/rktlet/c/x/bundle/exit",
         bundle_socket="/var/lib/rktlet/c/x/bundle/attach",
+        conmon_pid_file="/var/lib/rktlet/c/x/bundle/conmon.pid",
     )
     assert len(p.attach_socket) < 108
     assert p.files() == (
         p.exit_file, p.persist_exit_file, p.socket_link, p.bundle_socket,
-        p.ctl_fifo, p.winsz_fifo, p.pid_file, "/var/lib/rktlet/c/x/bundle/oom",
+        p.ctl_fifo, p.winsz_fifo, p.pid_file, p.conmon_pid_file, "/var/lib/rktlet/c/x/bundle/oom",
     )
 
 
@@ -124,7 +125,7 @@ def test_cleanup_removes_everything_and_is_idempotent(tmp_path):
     paths = conmon.paths("c1", str(bundle))
     os.makedirs(conmon.exits_dir)
     os.makedirs(conmon.socket_dir)
-    for path in (paths.exit_file, paths.persist_exit_file, paths.pid_file, *paths.oom_files):
+    for path in (paths.exit_file, paths.persist_exit_file, paths.pid_file, paths.conmon_pid_file, *paths.oom_files):
         with open(path, "w") as f:
             f.write("1")
     for fifo in (paths.ctl_fifo, paths.winsz_fifo):
@@ -389,14 +390,15 @@ class FakeProcs:
 @pytest.fixture
 def polled(monkeypatch, tmp_path):
     """A Conmon on a Clock whose process watches poll fake /proc."""
-    from rktlet.oci import conmon as conmon_module
+    from rktlet.oci import procwatch
 
     def no_pidfd(pid: int) -> int:
         raise OSError(38, "Function not implemented")
 
     procs = FakeProcs()
-    monkeypatch.setattr(conmon_module.os, "pidfd_open", no_pidfd)
-    monkeypatch.setattr(conmon_module, "_alive", procs)
+    monkeypatch.setattr(procwatch.os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(procwatch, "alive", procs)
+    monkeypatch.setattr(procwatch, "_reap", lambda pid, pidfd: None)  # the fake pids are nobody's children
     clock = Clock()
     clock.advance(1_700_000_000)
     conmon = Conmon(clock, OCIRuntime(clock, "/usr/sbin/runc", str(tmp_path / "r")), "/usr/bin/conmon",
@@ -412,7 +414,7 @@ def test_adopt_fires_at_once_from_an_exit_file(polled):
     with open(os.path.join(conmon.exits_dir, "c1"), "w") as f:
         f.write("4")
     monitor = conmon.adopt("c1", bundle, 100, 101)
-    assert monitor.adopted and monitor.conmon_exited is None
+    assert monitor.adopted and not monitor.conmon_exited
     assert _result(monitor.exited)[0] == 4
 
 

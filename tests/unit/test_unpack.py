@@ -28,12 +28,9 @@ from rktlet.errors import HostileContent, InvalidArgument, NotFound
 from rktlet.image.unpack import UnpackResult, detect_compression, unpack_layer
 from tests.support.images import (
     BUSYBOX_APPLETS,
-    Dir,
     File,
-    HardLink,
     Layer,
     OpaqueDir,
-    Symlink,
     Whiteout,
     busybox_layer,
 )
