@@ -21,9 +21,9 @@ the exit file once conmon is gone (a pidfd, else polling ``/proc``).
 
 The handshake (see conmon's ``_OCI_SYNCPIPE`` / ``_OCI_STARTPIPE``):
 
-1. the launcher is spawned with a pipe it writes on fd 3 (sync) and one it
-   reads on fd 4 (start); it parses its options and blocks reading the
-   start pipe;
+1. the launcher is spawned with a pipe on fd 3 (sync; the monitor it
+   forks writes on it) and one it reads on fd 4 (start); it parses its
+   options and blocks reading the start pipe;
 2. we move it into the pod's cgroup (never leave it in the daemon's: a
    restart of the daemon's unit would kill every monitor; the monitor,
    forked next, inherits the cgroup), then write one byte on the start pipe;

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from rktlet.cri.proto import pb
+from rktlet.oci.procwatch import proc_state
 from tests.support.containers import container_config, create, log_text, read_log, run_to_exit, start, status, wait_exited
 from tests.support.daemon import Daemon
 from tests.support.network import TestNetwork
@@ -222,6 +223,23 @@ def test_containers_survive_kill_9_and_exits_meanwhile_are_found(pushed_images, 
         remove_all_pods(d)
         d.cleanup()
         network.cleanup()
+
+
+def test_monitors_are_the_daemons_children_and_are_reaped(pod):
+    # conmon forks its monitor and exits; the daemon (a child subreaper)
+    # gets the monitor as its child and reaps it when the container ends.
+    daemon, pod_id, pod_cfg, image, _ = pod
+    cid = create(daemon, pod_id, pod_cfg, container_config("watched", image, command=["sleep", "300"]))
+    start(daemon, cid)
+    info = json.loads(status(daemon, cid, verbose=True).info["info"])
+    conmon = proc_state(info["conmonPid"])
+    assert conmon is not None and conmon[0] == "conmon" and conmon[2] == daemon.process.pid
+    daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    assert status(daemon, cid).status.exit_code == 137
+    deadline = time.monotonic() + 5
+    while proc_state(info["conmonPid"]) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc_state(info["conmonPid"]) is None, "the monitor was not reaped"
 
 
 def test_sigterm_to_daemon_leaves_containers_running(pod):
