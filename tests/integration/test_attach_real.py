@@ -19,10 +19,8 @@ from tests.integration.test_exec_support import (
     fd_target,
     make_world,
     open_fds,
-    sleep,
-    wait_for,
-    within,
 )
+from tests.support.waiting import sleep, wait_for, within
 from tests.support.containers import status
 
 pytestmark = pytest.mark.root

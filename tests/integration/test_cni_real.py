@@ -29,6 +29,7 @@ from twisted.internet import reactor
 from rktlet.errors import RuntimeFailure
 from rktlet.network.cni import CNI, Attachment, PortMapping
 from tests.support.network import NAT_TOOLS, nat_rules, remove_chains, delete_rule
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -260,5 +261,6 @@ async def test_del_after_the_netns_is_gone(net):
 
     await net.cni.delete(att)
     assert net.allocated() == []
-    assert net.bridge_ports() == []
     assert net.cni.cached(att.container_id) is None
+    # The kernel tears the namespace's veth pair down in the background.
+    await wait_for(lambda: net.bridge_ports() == [], 5, "the veth pair to go with its namespace")

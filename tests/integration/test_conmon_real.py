@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from rktlet.errors import DeadlineExceeded, RuntimeFailure
 from rktlet.image.unpack import unpack_layer
@@ -35,6 +34,7 @@ from rktlet.oci.procwatch import alive
 from rktlet.oci.runtime import OCIRuntime
 from tests.support.images import busybox_layer
 from tests.support.processes import MONITOR_NAMES, reap_orphans
+from tests.support.waiting import sleep, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -45,20 +45,6 @@ CONMON = shutil.which("conmon") or "/usr/bin/conmon"
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}[+-]\d\d:\d\d (stdout|stderr) ([FP]) (.*)$")
 
 CAPS = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_NET_BIND_SERVICE"]
-
-
-async def sleep(seconds: float) -> None:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(0.02)
 
 
 async def exited(monitor: Monitor, timeout: float = 15.0) -> tuple[int, int, bool]:

@@ -22,10 +22,8 @@ from tests.integration.test_exec_support import (
     make_world,
     open_fds,
     pids_running,
-    sleep,
-    wait_for,
-    within,
 )
+from tests.support.waiting import sleep, wait_for, within
 
 pytestmark = pytest.mark.root
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from rktlet.cri.proto import pb
 from rktlet.oci import cgroups
@@ -42,25 +41,6 @@ from tests.support.network import TestNetwork
 from tests.support.pods import pod_config, pod_status, remove_all_pods, run_pod
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
-
-
-async def sleep(seconds: float) -> None:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    await d
-
-
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await sleep(0.02)
-
-
-async def within(d: Deferred, timeout: float = 15.0) -> Any:
-    """*d*'s result, or a test failure after *timeout* seconds."""
-    return await d.addTimeout(timeout, reactor)
 
 
 def fd_target(fd: int) -> str | None:

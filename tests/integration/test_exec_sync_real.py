@@ -15,7 +15,8 @@ from twisted.internet.defer import ensureDeferred, gatherResults
 from rktlet.cri.proto import pb
 from rktlet.errors import DeadlineExceeded, FailedPrecondition, NotFound, RuntimeFailure
 from rktlet.oci.exec import exec_sync
-from tests.integration.test_exec_support import make_world, pids_running, wait_for
+from tests.integration.test_exec_support import make_world, pids_running
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,8 @@ from rktlet.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from rktlet.network.portforward import connect_in_netns
 from rktlet.oci.namespaces import run_in_namespace
 from rktlet.stream.session import PortForwardRequest
-from tests.integration.test_exec_support import fd_target, make_world, open_fds, sleep, within
+from tests.integration.test_exec_support import fd_target, make_world, open_fds
+from tests.support.waiting import sleep, within
 from tests.support.daemon import free_port
 from tests.support.images import WEB_INDEX_HTML
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from rktlet.errors import RuntimeFailure
 from rktlet.oci.attach import MAX_INPUT_PACKET, STDERR, STDOUT, ResizeCoalescer, start_attach
+from tests.support.waiting import wait_for
 
 
 class Terminal:
@@ -67,13 +67,6 @@ def conmon(tmp_path):
     fake = FakeConmon(str(tmp_path / "attach"))
     yield fake
     fake.close()
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 def attach(conmon: FakeConmon, term: Terminal, **options: Any):

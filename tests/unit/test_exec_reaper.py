@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
 from rktlet.errors import DeadlineExceeded, FailedPrecondition, RuntimeFailure
 from rktlet.oci.exec import exec_sync, start_exec
 from rktlet.oci.runtime import OCIRuntime
+from tests.support.waiting import wait_for
 
 FAKE_RUNC = f"""#!{sys.executable}
 import json, os, sys, time
@@ -113,13 +114,6 @@ def pids_of(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
-
-
-async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
