@@ -30,7 +30,7 @@ from rktlet.errors import DeadlineExceeded, RuntimeFailure
 from rktlet.image.unpack import unpack_layer
 from rktlet.oci import cgroups
 from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
-from rktlet.oci.procwatch import alive
+from rktlet.oci.procwatch import alive, proc_state
 from rktlet.oci.runtime import OCIRuntime
 from tests.support.images import busybox_layer
 from tests.support.processes import MONITOR_NAMES, reap_orphans
@@ -389,6 +389,22 @@ async def test_adopt_without_exit_file_or_processes(lab):
     adopted = lab.new_conmon().adopt("gone", bundle, os.getpid(), 0)
     code, _, oom = await exited(adopted, 5)
     assert (code, oom, adopted.lost) == (UNKNOWN_EXIT_CODE, False, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_conmon_killed_while_its_container_runs(lab):
+    # The monitor dies; the container runs on (it becomes this subreaper's
+    # child) and its end is still seen, with an unknown exit code.
+    container_id, _, monitor = await lab.run(["sleep", "100"])
+    os.kill(monitor.conmon_pid, signal.SIGKILL)
+    await wait_for(lambda: monitor.conmon_exited, 5, "conmon's end to be seen")
+    assert proc_state(monitor.conmon_pid) is None  # reaped
+    assert monitor.running and alive(monitor.container_pid)
+    assert proc_state(monitor.container_pid)[2] == os.getpid()
+    await lab.runtime.kill(container_id, "KILL")
+    code, _, oom = await exited(monitor)
+    assert (code, oom, monitor.lost) == (UNKNOWN_EXIT_CODE, False, True)
+    assert proc_state(monitor.container_pid) is None  # reaped too
 
 
 @pytest_twisted.ensureDeferred
