@@ -17,7 +17,7 @@ import shutil
 import time
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import logs
@@ -88,6 +88,8 @@ class ContainerManager:
         self._by_key: dict[str, str] = {}
         self._monitors: dict[str, Monitor] = {}
         self._locks: dict[str, DeferredLock] = {}
+        # Exited containers already deleted from the runtime (see _release).
+        self._released: set[str] = set()
         self._daemon_oom = _own_oom_score_adj()
         self._host = HostInfo.probe()  # what the spec builder needs to know of this host, read once
         sandboxes.stop_containers = self.stop_pod_containers
@@ -117,9 +119,11 @@ class ContainerManager:
             ended = conmon.read_exit(c.id, c.bundle)
             if ended is not None:
                 self._record_exit(c, *ended)
+                self._release_soon(c)
                 continue
             if not os.path.exists(f"/proc/{c.conmon_pid}"):
                 self._record_exit(c, 255, time.time_ns(), False, message="conmon vanished while rktlet was down")
+                self._release_soon(c)
                 continue
             monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
             self._watch(c, monitor)
@@ -315,6 +319,7 @@ class ContainerManager:
                 # runc init and conmon still wait: end them.
                 try:
                     await runtime.delete(c.id, force=True)
+                    self._released.add(c.id)
                 except RktletError as cleanup_error:
                     log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
@@ -337,12 +342,43 @@ class ContainerManager:
             self._monitors.pop(c.id, None)
             if c.id in self.containers and c.state == RUNNING:
                 self._record_exit(c, *result)
+                self._release_soon(c)
 
         def failed(failure: Any) -> None:
             self._monitors.pop(c.id, None)
             log.failure("watching container {id} failed", failure=failure, id=c.id)
 
         monitor.exited.addCallbacks(ended, failed)
+
+    def _release_soon(self, c: Container) -> None:
+        """Delete an exited container from the runtime (``runc delete``:
+        its state and cgroup) right after the exit, off the path of the RPC
+        that waited for it, as containerd's shim does; RemoveContainer then
+        has only files left to remove."""
+        def release() -> None:
+            d = ensureDeferred(self._release(c))
+            d.addErrback(lambda f: log.failure("releasing container {id} failed", failure=f, id=c.id))
+
+        self._reactor.callLater(0, release)
+
+    async def _release(self, c: Container) -> None:
+        if self.containers.get(c.id) is not c:
+            return  # removed already (checked first: a lock is made for live ids only)
+        lock = self._lock(c.id)
+        await lock.acquire()
+        try:
+            if self.containers.get(c.id) is not c or c.state != EXITED or c.id in self._released:
+                return
+            sb = self._sandboxes.find(c.sandbox_id)
+            try:
+                await self._runtimes[sb.handler if sb else "runc"].delete(c.id, force=True)
+            except RktletError as e:
+                log.warn("container {id} exited; deleting it from the runtime failed ({error}): "
+                         "RemoveContainer will try again", id=c.id, error=str(e))
+                return
+            self._released.add(c.id)
+        finally:
+            lock.release()
 
     def _record_exit(self, c: Container, exit_code: int, finished_at: int, oom: bool, message: str = "") -> None:
         # The exit file's mtime is coarse (the kernel's jiffy clock): a quick
@@ -407,7 +443,8 @@ class ContainerManager:
             await self._stop(c, 0)
             sb = self._sandboxes.find(c.sandbox_id)
             handler = sb.handler if sb else "runc"
-            await self._runtimes[handler].delete(c.id, force=True)
+            if c.id not in self._released:
+                await self._runtimes[handler].delete(c.id, force=True)
             conmon = self._conmons[handler]
             conmon.cleanup(conmon.paths(c.id, c.bundle))
             await self._in_thread(self._remove_files, c)
@@ -416,6 +453,7 @@ class ContainerManager:
             if self._by_key.get(c.key) == c.id:
                 del self._by_key[c.key]
             self._locks.pop(c.id, None)
+            self._released.discard(c.id)
             log.info("container {id} ({name}) removed", id=c.id, name=c.name)
             self._publish(event_kinds.DELETED, c)
         finally:

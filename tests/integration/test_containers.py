@@ -242,6 +242,23 @@ def test_monitors_are_the_daemons_children_and_are_reaped(pod):
     assert proc_state(info["conmonPid"]) is None, "the monitor was not reaped"
 
 
+def test_an_exited_container_leaves_the_runtime_at_once(pod):
+    # As containerd's shim does: runc's state and the container's cgroup go
+    # when it exits; RemoveContainer has only files left to remove.
+    daemon, pod_id, pod_cfg, image, _ = pod
+    s = run_to_exit(daemon, pod_id, pod_cfg, container_config("brief", image, command=["true"]))
+    runc_root = os.path.join(daemon.run_dir, "runtime", "runc")
+    deadline = time.monotonic() + 5
+    while os.path.exists(os.path.join(runc_root, s.id)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(os.path.join(runc_root, s.id))
+    assert status(daemon, s.id).status.exit_code == 0  # the record stays
+    daemon.runtime().RemoveContainer(pb.RemoveContainerRequest(container_id=s.id), timeout=30)
+    with pytest.raises(grpc.RpcError) as e:
+        status(daemon, s.id)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_sigterm_to_daemon_leaves_containers_running(pod):
     daemon, pod_id, pod_cfg, image, _ = pod
     cid = create(daemon, pod_id, pod_cfg, container_config("keep", image, command=["sleep", "300"]))
