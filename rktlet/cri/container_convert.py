@@ -133,6 +133,42 @@ def container_summary(c: Container) -> pb.Container:
     )
 
 
+class SummaryCache:
+    """ListContainers' message for each container, made again only when
+    the container's state changes (the only summary field that does).
+
+    The kubelet lists every container every second; building 200 messages
+    with their label and annotation maps is most of such a call's cost.
+    Used from gRPC worker threads at once: entries are only replaced, and a
+    cached message is never changed (responses copy it).
+    """
+
+    #: Entries kept at most between complete lists (which drop removed
+    #: containers' entries).
+    LIMIT = 20_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, pb.Container]] = {}
+
+    def summaries(self, containers: list[Container], complete: bool) -> list[pb.Container]:
+        """The messages of *containers*; *complete*: they are all there
+        are (an unfiltered list), so entries of any other are dropped."""
+        entries = self._entries
+        if len(entries) > self.LIMIT:
+            entries = self._entries = {}
+        kept: dict[str, tuple[str, pb.Container]] = {}
+        out = []
+        for c in containers:
+            entry = entries.get(c.id)
+            if entry is None or entry[0] != c.state:
+                entry = entries[c.id] = (c.state, container_summary(c))
+            kept[c.id] = entry
+            out.append(entry[1])
+        if complete:
+            self._entries = kept
+        return out
+
+
 def container_status(c: Container) -> pb.ContainerStatus:
     """A record as ContainerStatus reports it (labels and annotations
     exactly as given: the kubelet reads its own keys back)."""

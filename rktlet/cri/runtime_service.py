@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import grpc
 
 from rktlet.cri import container_convert, sandbox_convert, stats_convert
+from rktlet.cri.bridge import ReactorBridge
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer, paged
 from rktlet.cri.streaming_rpcs import StreamingRPCs
@@ -30,6 +31,10 @@ _EVENT_TYPES = {
 
 class RuntimeService(StreamingRPCs, Servicer):
     """``runtime.v1.RuntimeService``."""
+
+    def __init__(self, engine: Any, bridge: ReactorBridge) -> None:
+        super().__init__(engine, bridge)
+        self._summaries = container_convert.SummaryCache()
 
     def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionResponse:
         name, version, api_version = self._engine.version()
@@ -139,10 +144,10 @@ class RuntimeService(StreamingRPCs, Servicer):
 
     def _containers(self, f: pb.ContainerFilter, context: grpc.ServicerContext) -> list[pb.Container]:
         state = container_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
-        containers = self._on_reactor(
-            context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, dict(f.label_selector)
-        )
-        return [container_convert.container_summary(c) for c in containers]
+        selector = dict(f.label_selector)
+        containers = self._on_reactor(context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, selector)
+        complete = not (f.id or f.pod_sandbox_id or state or selector)
+        return self._summaries.summaries(containers, complete)
 
     def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> pb.ListContainersResponse:
         return pb.ListContainersResponse(containers=self._containers(request.filter, context))
