@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def unescape(field: str) -> str:
     r"""Undo the octal escapes of a mountinfo path field (``\040`` is a space)."""
@@ -17,3 +19,22 @@ def unescape(field: str) -> str:
             out.append(field[i])
             i += 1
     return "".join(out)
+
+
+def mount_points_under(directory: str, mountinfo: str | None = None) -> list[str]:
+    """Mount points at or below *directory* (absolute), deepest first: the
+    order to unmount them in.  *mountinfo* defaults to this process's table."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            mountinfo = f.read()
+    top = os.path.normpath(directory)
+    prefix = top.rstrip("/") + "/"
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = unescape(fields[4])
+        if point == top or point.startswith(prefix):
+            found.append(point)
+    return sorted(set(found), key=lambda p: (-p.count("/"), p))

@@ -20,8 +20,12 @@ import re
 import shutil
 from typing import Any
 
+from twisted.internet.threads import deferToThreadPool
+
 from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
+from rktlet.mountinfo import mount_points_under
+from rktlet.oci.mounts import unmount
 from rktlet.process import run_process
 
 __all__ = ["OCIRuntime", "clean_message", "is_absent", "is_not_running"]
@@ -41,6 +45,14 @@ _LOGFMT_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 _GO_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "'": "'", "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
 _GO_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)")
 _SERIOUS = ("error", "fatal", "panic")
+
+
+def _remove_state_dir(state_dir: str) -> None:
+    """Remove what a killed runc left of a container's state (blocking)."""
+    for point in mount_points_under(state_dir):
+        log.warn("removing {point}, a mount a killed runc left behind", point=point)
+        unmount(point)
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def _go_unquote(quoted: str) -> str:
@@ -180,6 +192,12 @@ class OCIRuntime:
         code, _, message = await self._check(*args)
         if code != 0 and not is_absent(message):
             raise self._failure(args, message)
+        state_dir = os.path.join(self.state_root, container_id)
+        if os.path.lexists(state_dir):
+            # runc killed in the middle of its create (a deadline, a failed
+            # start) leaves a state dir it does not know, and possibly the
+            # bind mount of its own binary it makes there for a moment.
+            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _remove_state_dir, state_dir)
 
     async def state(self, container_id: str) -> dict[str, Any] | None:
         """``runc state`` as a dict (``status``: created, running, paused,

@@ -28,7 +28,8 @@ from twisted.internet import reactor
 
 from rktlet.errors import DeadlineExceeded, RuntimeFailure
 from rktlet.image.unpack import unpack_layer
-from rktlet.oci import cgroups
+from rktlet.mountinfo import mount_points_under
+from rktlet.oci import cgroups, mounts
 from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
 from rktlet.oci.procwatch import alive, proc_state
 from rktlet.oci.runtime import OCIRuntime
@@ -39,6 +40,7 @@ from tests.support.waiting import sleep, wait_for
 pytestmark = pytest.mark.root
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
+MS_BIND = 0x1000
 CONMON = shutil.which("conmon") or "/usr/bin/conmon"
 
 # A CRI log record: RFC 3339 time with 9 fractional digits and an offset.
@@ -405,6 +407,23 @@ async def test_conmon_killed_while_its_container_runs(lab):
     code, _, oom = await exited(monitor)
     assert (code, oom, monitor.lost) == (UNKNOWN_EXIT_CODE, False, True)
     assert proc_state(monitor.container_pid) is None  # reaped too
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_what_a_killed_runc_left(lab):
+    # runc killed during its create leaves a state dir it does not know,
+    # and possibly the bind mount of its own binary it makes there.
+    state_dir = os.path.join(lab.runtime.state_root, "half-made")
+    os.makedirs(state_dir)
+    clone = os.path.join(state_dir, "runc.Xy12Zw")
+    open(clone, "w").close()
+    mounts.mount(RUNC, clone, "", MS_BIND)
+    try:
+        assert mount_points_under(state_dir) == [clone]
+        await lab.runtime.delete("half-made")
+        assert mount_points_under(state_dir) == [] and not os.path.exists(state_dir)
+    finally:
+        mounts.unmount(clone)
 
 
 @pytest_twisted.ensureDeferred
