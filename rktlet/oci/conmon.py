@@ -40,8 +40,9 @@ and ``<bundle>/exit``; ``<socket_dir>/<id>`` → a symlink to the bundle, so
 that the attach socket ``<socket_dir>/<id>/attach`` fits ``sun_path``; the
 ``ctl`` and ``winsz`` FIFOs, the runc ``pidfile`` and the monitor's
 ``conmon.pid`` in the bundle; an ``oom`` file written in conmon's cwd
-(≤ 2.1.12) and in ``--persist-dir`` (both are the bundle here).  conmon 2.1.6 leaves the socket symlink behind:
-:meth:`Conmon.cleanup` removes everything.
+(≤ 2.1.12) and in ``--persist-dir`` (both are the bundle here).  conmon
+2.1.6 leaves the socket symlink behind: :meth:`Conmon.cleanup` removes
+everything.
 """
 
 from __future__ import annotations

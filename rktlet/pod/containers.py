@@ -5,8 +5,9 @@ filesystem (an overlay of the image's unpacked layers and a writable layer of
 the container's own), the OCI bundle with its runtime spec, the record.
 StartContainer hands the bundle to conmon (it forks its monitor, which the
 daemon, a child subreaper, adopts as its child), which runs ``runc create``;
-once runc reports the container created, ``runc start`` runs the app. Exits are learnt from conmon
-— also after a daemon restart, from its exit file.
+once runc reports the container created, ``runc start`` runs the app. Exits
+are learnt from conmon — also after a daemon restart, from its exit file —
+and an exited container is deleted from runc at once.
 """
 
 from __future__ import annotations
