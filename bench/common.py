@@ -60,6 +60,7 @@ from tests.support.containerd import (  # noqa: E402
 from tests.support.daemon import Daemon  # noqa: E402
 from tests.support.images import build_image, busybox_image, busybox_layer, push_image  # noqa: E402
 from tests.support.network import NAT_TOOLS, SHARED_CHAINS, TestNetwork, nat_chains, remove_chains  # noqa: E402
+from tests.support.pods import remove_everything  # noqa: E402
 from tests.support.registry import LocalRegistry, registry_available  # noqa: E402
 
 RUNTIMES = ("rktlet", "containerd")
@@ -407,29 +408,6 @@ def kill_by_pid(victims: dict[int, Optional[int]], timeout: float = 10.0) -> lis
     ):
         time.sleep(0.05)
     return killed
-
-
-def remove_everything(stub: pb_grpc.RuntimeServiceStub, timeout: float = 30.0) -> list[str]:
-    """Stop and remove every container and pod through the CRI; the errors."""
-    errors: list[str] = []
-    try:
-        containers = stub.ListContainers(pb.ListContainersRequest(), timeout=timeout).containers
-        pods = stub.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout).items
-    except grpc.RpcError as e:
-        return [f"list: {e.code().name}: {e.details()}"]
-    for c in containers:
-        try:
-            stub.StopContainer(pb.StopContainerRequest(container_id=c.id, timeout=0), timeout=timeout)
-            stub.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id), timeout=timeout)
-        except grpc.RpcError as e:
-            errors.append(f"container {c.id[:13]}: {e.code().name}: {e.details()}")
-    for pod in pods:
-        try:
-            stub.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
-            stub.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
-        except grpc.RpcError as e:
-            errors.append(f"pod sandbox {pod.id[:13]}: {e.code().name}: {e.details()}")
-    return errors
 
 
 class BenchDaemon(Daemon):
@@ -1018,6 +996,17 @@ def compare(runtimes: list[str], measure: Callable[..., dict[str, Any]], args: a
 
 def ratio_of(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
+
+
+def ratio_goal(text: str, a: Optional[float], b: Optional[float], passes: Callable[[float], bool],
+               shown: Callable[[float], str]) -> dict[str, Any]:
+    """One goal row comparing rktlet's figure *a* with containerd's *b*:
+    PASS or MISS by ``passes(a / b)``, shown as ``shown(a / b)``; N/A when
+    either runtime was not measured."""
+    ratio = ratio_of(a, b)
+    if ratio is None:
+        return {"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"}
+    return {"goal": text, "value": ratio, "shown": shown(ratio), "status": "PASS" if passes(ratio) else "MISS"}
 
 
 def dig(d: Any, *keys: str) -> Any:

@@ -94,6 +94,7 @@ try:
         per_item,
         prepare,
         progress,
+        ratio_goal,
         ratio_of,
         remove_many,
         run_comparison,
@@ -304,12 +305,8 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     text = f"create+start p50 at most {CREATE_START_RATIO_GOAL:.1f}x containerd's"
     a = dig(rk, "lifecycle", "rpcs", "create+start", "p50_ms")
     b = dig(cd, "lifecycle", "rpcs", "create+start", "p50_ms")
-    ratio = ratio_of(a, b)
-    if ratio is not None:
-        out.append({"goal": text, "value": ratio, "shown": f"{ratio:.2f}x ({a:.1f} ms / {b:.1f} ms)",
-                    "status": "PASS" if ratio <= CREATE_START_RATIO_GOAL else "MISS"})
-    else:
-        out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+    out.append(ratio_goal(text, a, b, lambda r: r <= CREATE_START_RATIO_GOAL,
+                          lambda r: f"{r:.2f}x ({a:.1f} ms / {b:.1f} ms)"))
 
     text = f"ListContainers with {LIST_GOAL_CONTAINERS} containers under {LIST_P50_GOAL_MS:g} ms p50"
     p50 = dig(rk, "many", "rpcs", "ListContainers", "p50_ms")
@@ -324,13 +321,10 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     text = f"added memory per pod with one container under {MEMORY_RATIO_GOAL}x containerd's (its shim + pause)"
     a = dig(rk, "lifecycle", "memory", "per_pod_rss_bytes")
     b = dig(cd, "lifecycle", "memory", "per_pod_rss_bytes")
-    ratio = ratio_of(a, b)
-    if ratio is not None:
-        out.append({"goal": text, "value": ratio,
-                    "shown": f"{ratio:.3f}x RSS (rktlet conmon {a / MB:.2f} MB / containerd shim + pause {b / MB:.2f} MB)",
-                    "status": "PASS" if ratio < MEMORY_RATIO_GOAL else "MISS"})
-    else:
-        out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+    out.append(ratio_goal(
+        text, a, b, lambda r: r < MEMORY_RATIO_GOAL,
+        lambda r: f"{r:.3f}x RSS (rktlet conmon {a / MB:.2f} MB / containerd shim + pause {b / MB:.2f} MB)",
+    ))
     return out
 
 

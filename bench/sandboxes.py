@@ -94,7 +94,7 @@ try:
         print_report,
         progress,
         pss_kb,
-        ratio_of,
+        ratio_goal,
         read_text,
         server_samples,
         status_kb,
@@ -531,12 +531,7 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     text = f"RunPodSandbox p50 at most {RUN_RATIO_GOAL}x containerd's"
     a = rk.get("rpcs", {}).get("RunPodSandbox", {}).get("p50_ms")
     b = cd.get("rpcs", {}).get("RunPodSandbox", {}).get("p50_ms")
-    ratio = ratio_of(a, b)
-    if ratio is not None:
-        out.append({"goal": text, "value": ratio, "shown": f"{ratio:.2f}x ({a:.1f} ms / {b:.1f} ms)",
-                    "status": "PASS" if ratio <= RUN_RATIO_GOAL else "MISS"})
-    else:
-        out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+    out.append(ratio_goal(text, a, b, lambda r: r <= RUN_RATIO_GOAL, lambda r: f"{r:.2f}x ({a:.1f} ms / {b:.1f} ms)"))
 
     text = f"ListPodSandbox with 100 pods p50 under {LIST_P50_GOAL_MS:g} ms"
     p50 = rk.get("rpcs", {}).get("ListPodSandbox", {}).get("p50_ms")

@@ -101,6 +101,7 @@ try:
         network_lines,
         prepare,
         progress,
+        ratio_goal,
         ratio_of,
         remove_many,
         run_comparison,
@@ -450,14 +451,11 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     text = f"ListContainerStats p50 at most {LIST_STATS_RATIO_GOAL:.1f}x containerd's"
     a = dig(rk, "ListContainerStats", "latency", "p50_ms")
     b = dig(cd, "ListContainerStats", "latency", "p50_ms")
-    ratio = ratio_of(a, b)
-    if ratio is not None:
-        note = "" if rk.get("containers") == cd.get("containers") else " (different numbers of containers!)"
-        out.append({"goal": text, "value": ratio,
-                    "shown": f"{ratio:.2f}x ({a:.2f} ms / {b:.2f} ms, {rk.get('containers')} containers){note}",
-                    "status": "PASS" if ratio <= LIST_STATS_RATIO_GOAL else "MISS"})
-    else:
-        out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+    note = "" if rk.get("containers") == cd.get("containers") else " (different numbers of containers!)"
+    out.append(ratio_goal(
+        text, a, b, lambda r: r <= LIST_STATS_RATIO_GOAL,
+        lambda r: f"{r:.2f}x ({a:.2f} ms / {b:.2f} ms, {rk.get('containers')} containers){note}",
+    ))
 
     text = "no process spawned per call"
     measured = [m for m in SERIES if "cpu" in rk.get(m, {})]

@@ -103,6 +103,7 @@ try:
         percentile,
         prepare,
         progress,
+        ratio_goal,
         ratio_of,
         run_comparison,
         server_samples,
@@ -526,23 +527,15 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     text = f"ExecSync p50 at most {EXEC_SYNC_RATIO_GOAL:.1f}x containerd's"
     a, b = dig(rk, "exec_sync", "latency", "p50_ms"), dig(cd, "exec_sync", "latency", "p50_ms")
-    ratio = ratio_of(a, b)
-    if ratio is not None:
-        out.append({"goal": text, "value": ratio, "shown": f"{ratio:.2f}x ({a:.2f} ms / {b:.2f} ms)",
-                    "status": "PASS" if ratio <= EXEC_SYNC_RATIO_GOAL else "MISS"})
-    else:
-        out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+    out.append(ratio_goal(text, a, b, lambda r: r <= EXEC_SYNC_RATIO_GOAL,
+                          lambda r: f"{r:.2f}x ({a:.2f} ms / {b:.2f} ms)"))
 
     for key, what, goal in (("exec_cat", "exec throughput", EXEC_THROUGHPUT_GOAL),
                             ("port_forward", "port-forward throughput", FORWARD_THROUGHPUT_GOAL)):
         text = f"{what} at least {goal:.1f}x containerd's"
         a, b = dig(rk, key, "median_mb_s"), dig(cd, key, "median_mb_s")
-        ratio = ratio_of(a, b)
-        if ratio is not None:
-            out.append({"goal": text, "value": ratio, "shown": f"{ratio:.2f}x ({a:.1f} MB/s / {b:.1f} MB/s, medians)",
-                        "status": "PASS" if ratio >= goal else "MISS"})
-        else:
-            out.append({"goal": text, "value": None, "shown": "not measured (needs both runtimes)", "status": "N/A"})
+        out.append(ratio_goal(text, a, b, lambda r, goal=goal: r >= goal,
+                              lambda r, a=a, b=b: f"{r:.2f}x ({a:.1f} MB/s / {b:.1f} MB/s, medians)"))
     return out
 
 

@@ -66,6 +66,21 @@ class MemoryProcess:
         self.done.callback(code)
 
 
+class RecordingProducer:
+    """A push producer that only remembers whether it was paused."""
+
+    state = "producing"
+
+    def pauseProducing(self) -> None:
+        self.state = "paused"
+
+    def resumeProducing(self) -> None:
+        self.state = "producing"
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @dataclass
 class PortForwardCall:
     sandbox_id: str

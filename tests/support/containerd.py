@@ -55,6 +55,7 @@ from typing import Any, Optional
 import grpc
 
 from rktlet.cri.proto import pb
+from tests.support.pods import remove_everything
 from tests.support.processes import CriClients, spawn_logged, stop_process
 
 __all__ = [
@@ -449,27 +450,7 @@ class Containerd(CriClients):
         """
         if self.process is None or self.process.poll() is not None:
             return []
-        errors: list[str] = []
-        runtime = self.runtime()
-        try:
-            containers = runtime.ListContainers(pb.ListContainersRequest(), timeout=timeout).containers
-            pods = runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout).items
-        except grpc.RpcError as e:
-            return [f"list: {e.code().name}: {e.details()}"]
-        for c in containers:
-            try:
-                runtime.StopContainer(pb.StopContainerRequest(container_id=c.id, timeout=0), timeout=timeout)
-                runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id), timeout=timeout)
-            except grpc.RpcError as e:
-                errors.append(f"container {c.id[:13]}: {e.code().name}: {e.details()}")
-        for pod in pods:
-            try:
-                runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
-                runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
-            except grpc.RpcError as e:
-                errors.append(f"pod sandbox {pod.id[:13]}: {e.code().name}: {e.details()}")
-                self._remember_netns(pod.id)
-        return errors
+        return remove_everything(self.runtime(), timeout, pod_failed=self._remember_netns)
 
     def _remember_netns(self, sandbox_id: str) -> None:
         """Note the network namespace file of a sandbox (from its verbose status)."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from typing import Callable
+
+import grpc
 
 from rktlet.cri.proto import pb
 
@@ -37,18 +40,41 @@ def pod_status(daemon, sandbox_id: str, verbose: bool = False) -> pb.PodSandboxS
     )
 
 
-def remove_all_pods(daemon) -> None:
-    """Stop and remove every sandbox (a finalizer's job; errors ignored)."""
+def remove_everything(runtime, timeout: float = 30.0,
+                      pod_failed: Callable[[str], None] | None = None) -> list[str]:
+    """Stop and remove every container, then every pod sandbox, through the
+    CRI *runtime* stub (any runtime's); the errors, as text.  *pod_failed*
+    is told the id of each sandbox that could not be removed."""
+    errors: list[str] = []
     try:
-        pods = daemon.runtime().ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items
-    except Exception:
-        return
+        containers = runtime.ListContainers(pb.ListContainersRequest(), timeout=timeout).containers
+        pods = runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=timeout).items
+    except grpc.RpcError as e:
+        return [f"list: {e.code().name}: {e.details()}"]
+    for c in containers:
+        try:
+            runtime.StopContainer(pb.StopContainerRequest(container_id=c.id, timeout=0), timeout=timeout)
+            runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=c.id), timeout=timeout)
+        except grpc.RpcError as e:
+            errors.append(f"container {c.id[:13]}: {e.code().name}: {e.details()}")
     for pod in pods:
         try:
-            daemon.runtime().StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
-            daemon.runtime().RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=30)
-        except Exception:
-            pass
+            runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+            runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+        except grpc.RpcError as e:
+            errors.append(f"pod sandbox {pod.id[:13]}: {e.code().name}: {e.details()}")
+            if pod_failed is not None:
+                pod_failed(pod.id)
+    return errors
+
+
+def remove_all_pods(daemon) -> None:
+    """Stop and remove every container and sandbox of a test daemon (a
+    finalizer's job; errors ignored)."""
+    try:
+        remove_everything(daemon.runtime())
+    except Exception:
+        pass
 
 
 def in_netns(netns: str, *argv: str, timeout: float = 10) -> subprocess.CompletedProcess:

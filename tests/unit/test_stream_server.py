@@ -9,7 +9,7 @@ from rktlet.errors import FailedPrecondition, InvalidArgument, NotFound, Resourc
 from rktlet.stream import spdyframes as f
 from rktlet.stream.server import check_request, parse_address
 from rktlet.stream.session import AttachRequest, ExecRequest, PortForwardRequest
-from rktlet.stream.testing import ALL_COMMAND_VERSIONS, MemoryServer, upgrade_request
+from rktlet.stream.testing import ALL_COMMAND_VERSIONS, MemoryServer, RecordingProducer, upgrade_request
 from rktlet.stream.tokens import TokenCache
 
 ALL_VERSIONS = ALL_COMMAND_VERSIONS
@@ -309,20 +309,7 @@ def test_output_back_pressure_and_stdin_pause_reach_the_client_socket():
     h.upgrade(ExecRequest("c", ("cat",), stdin=True))
     h.open_all("error", "stdin", "stdout", "stderr")
     proc = h.backend.processes[0]
-
-    class P:
-        state = "producing"
-
-        def pauseProducing(self):
-            self.state = "paused"
-
-        def resumeProducing(self):
-            self.state = "producing"
-
-        def stopProducing(self):
-            pass
-
-    producer = P()
+    producer = RecordingProducer()
     proc.terminal.set_output_producer(producer)
     h.transport.producer.pauseProducing()
     assert producer.state == "paused"

@@ -20,6 +20,7 @@ from rktlet.stream.testing import (
     WS_TEXT,
     HalfCloseableTransport,
     MemoryServer,
+    RecordingProducer,
     SpdyClient,
     parse_websocket_frames,
     websocket_frame,
@@ -232,20 +233,7 @@ def test_output_back_pressure_over_websocket():
     h = MemoryServer()
     WS(h, ExecRequest("c", ("cat",), stdin=True), ["v5.channel.k8s.io"])
     proc = h.backend.processes[0]
-
-    class P:
-        state = "producing"
-
-        def pauseProducing(self):
-            self.state = "paused"
-
-        def resumeProducing(self):
-            self.state = "producing"
-
-        def stopProducing(self):
-            pass
-
-    producer = P()
+    producer = RecordingProducer()
     proc.terminal.set_output_producer(producer)
     h.transport.producer.pauseProducing()
     assert producer.state == "paused"
