@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from rktlet.cri.proto import pb
+from rktlet.cri.proto import known, pb
 from rktlet.errors import InvalidArgument
 from rktlet.oci.container_config import ContainerConfig, Device, Mount, Profile, Resources, Security
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
@@ -23,7 +23,7 @@ _PROFILE_KINDS = {pb.SecurityProfile.RuntimeDefault: "runtime_default", pb.Secur
 def _profile(message: pb.SecurityProfile, present: bool, field: str) -> Profile | None:
     if not present:
         return None
-    kind = _PROFILE_KINDS[message.profile_type]
+    kind = known(_PROFILE_KINDS, message.profile_type, f"{field}.profile_type", pb.SecurityProfile.ProfileType)
     if kind == "localhost" and not message.localhost_ref:
         raise InvalidArgument(f"{field}.localhost_ref is required for a Localhost profile")
     return Profile(kind, message.localhost_ref)
@@ -66,7 +66,8 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
             raise InvalidArgument(f"config.mounts[{i}].container_path {m.container_path!r} must be an absolute path")
         if m.HasField("image") and m.image.image:
             raise InvalidArgument(f"config.mounts[{i}].image: image volumes are not supported yet")
-        mounts.append(Mount(m.container_path, m.host_path, m.readonly, _PROPAGATION.get(m.propagation, "private")))
+        propagation = known(_PROPAGATION, m.propagation, f"config.mounts[{i}].propagation", pb.MountPropagation)
+        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation))
     devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
     sc = c.linux.security_context
     security = Security(
@@ -108,6 +109,8 @@ def stop_signal(c: pb.ContainerConfig) -> str:
     """The config's stop signal name ('' for the image's / the default)."""
     if c.stop_signal == pb.SIGNAL_RUNTIME_DEFAULT:
         return ""
+    if c.stop_signal not in pb.Signal.values():
+        raise InvalidArgument(f"config.stop_signal: unknown signal {c.stop_signal}")
     return pb.Signal.Name(c.stop_signal).removeprefix("SIGNAL_")
 
 
@@ -121,13 +124,24 @@ def _metadata(c: Container) -> pb.ContainerMetadata:
 
 
 def _image_ref(c: Container) -> str:
-    return c.image_name if "@" in c.image_name else c.image_ref
+    """The digest-qualified name of the image (``repo@sha256:…``) when it
+    has one, else its id — as containerd reports it."""
+    return c.image_digest_ref or (c.image_name if "@" in c.image_name else c.image_ref)
+
+
+def _image_spec(c: Container) -> pb.ImageSpec:
+    """The image as a person reads it: the kubelet creates containers from
+    image ids and shows what this returns in the pod status, so it is the
+    image's first tag (as containerd does), else what the request named;
+    with the image the pod's author wrote kept as the kubelet sent it."""
+    tagged = c.image_name if c.image_name and "@" not in c.image_name and c.image_name != c.image_ref else ""
+    return pb.ImageSpec(image=tagged or c.image, user_specified_image=c.user_specified_image)
 
 
 def container_summary(c: Container) -> pb.Container:
     """A record as ListContainers reports it."""
     return pb.Container(
-        id=c.id, pod_sandbox_id=c.sandbox_id, metadata=_metadata(c), image=pb.ImageSpec(image=c.image),
+        id=c.id, pod_sandbox_id=c.sandbox_id, metadata=_metadata(c), image=_image_spec(c),
         image_ref=_image_ref(c), image_id=c.image_ref, state=STATES[c.state], created_at=c.created_at,
         labels=c.labels, annotations=c.annotations,
     )
@@ -175,7 +189,7 @@ def container_status(c: Container) -> pb.ContainerStatus:
     status = pb.ContainerStatus(
         id=c.id, metadata=_metadata(c), state=STATES[c.state], created_at=c.created_at,
         started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
-        image=pb.ImageSpec(image=c.image), image_ref=_image_ref(c), image_id=c.image_ref,
+        image=_image_spec(c), image_ref=_image_ref(c), image_id=c.image_ref,
         reason=c.reason, message=c.message, labels=c.labels, annotations=c.annotations, log_path=c.log_path,
         mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
                          propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE)) for m in c.mounts],

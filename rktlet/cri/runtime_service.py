@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import grpc
 
-from rktlet.cri import container_convert, sandbox_convert, stats_convert
+from rktlet.cri import container_convert, metrics_convert, sandbox_convert, stats_convert
 from rktlet.cri.bridge import ReactorBridge
 from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer, paged
@@ -105,7 +105,9 @@ class RuntimeService(StreamingRPCs, Servicer):
         return response
 
     def _pod_sandboxes(self, f: pb.PodSandboxFilter, context: grpc.ServicerContext) -> list[pb.PodSandbox]:
-        state = sandbox_convert.STATE_NAMES[f.state.state] if f.HasField("state") else None
+        state = sandbox_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
+        if f.HasField("state") and state is None:
+            return []  # a state rktlet does not know (proto3 enums are open) matches nothing
         sandboxes = self._on_reactor(context, self._engine.sandboxes.list, f.id, state, dict(f.label_selector))
         return [sandbox_convert.sandbox_summary(s) for s in sandboxes]
 
@@ -126,7 +128,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         container = self._on_reactor(
             context, self._engine.containers.create, request.pod_sandbox_id, config, c.image.image,
             c.metadata.attempt, container_convert.fingerprint(request), dict(c.labels), dict(c.annotations), log_path,
-            container_convert.stop_signal(c),
+            container_convert.stop_signal(c), c.image.user_specified_image,
         )
         return pb.CreateContainerResponse(container_id=container.id)
 
@@ -144,6 +146,8 @@ class RuntimeService(StreamingRPCs, Servicer):
 
     def _containers(self, f: pb.ContainerFilter, context: grpc.ServicerContext) -> list[pb.Container]:
         state = container_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
+        if f.HasField("state") and state is None:
+            return []  # CONTAINER_UNKNOWN or a value rktlet does not know: no container is in it
         selector = dict(f.label_selector)
         containers = self._on_reactor(context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, selector)
         complete = not (f.id or f.pod_sandbox_id or state or selector)
@@ -265,16 +269,16 @@ class RuntimeService(StreamingRPCs, Servicer):
     def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: grpc.ServicerContext
     ) -> pb.ListMetricDescriptorsResponse:
-        return pb.ListMetricDescriptorsResponse(descriptors=stats_convert.DESCRIPTORS)
+        return pb.ListMetricDescriptorsResponse(descriptors=metrics_convert.DESCRIPTORS)
 
     def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext
     ) -> pb.ListPodSandboxMetricsResponse:
-        figures = self._pod_figures(context)
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=[stats_convert.pod_metrics(x) for x in figures])
+        figures = self._on_reactor(context, self._engine.stats.pod_metrics)
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=[metrics_convert.pod_metrics(x) for x in figures])
 
     def StreamPodSandboxMetrics(
         self, request: pb.StreamPodSandboxMetricsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamPodSandboxMetricsResponse]:
-        items = [stats_convert.pod_metrics(x) for x in self._pod_figures(context)]
+        items = [metrics_convert.pod_metrics(x) for x in self._on_reactor(context, self._engine.stats.pod_metrics)]
         return paged(items, lambda page: pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=page))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 
-from rktlet.cri.proto import pb
+from rktlet.cri.proto import enum_name, known, pb
 from rktlet.errors import InvalidArgument
 from rktlet.pod.sandbox import MODE_CONTAINER, MODE_NODE, MODE_POD, MODE_TARGET, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import PortSpec, SandboxSpec
@@ -39,7 +39,7 @@ def sandbox_spec(request: pb.RunPodSandboxRequest) -> SandboxSpec:
         mode = _MODES.get(getattr(ns, field))
         if mode == MODE_TARGET or mode is None or (field != "pid" and mode == MODE_CONTAINER):
             raise InvalidArgument(
-                f"config.linux.security_context.namespace_options.{field}: {pb.NamespaceMode.Name(getattr(ns, field))} "
+                f"config.linux.security_context.namespace_options.{field}: {enum_name(pb.NamespaceMode, getattr(ns, field))} "
                 "is not a mode a pod can have"
             )
         modes[field] = mode
@@ -57,7 +57,8 @@ def sandbox_spec(request: pb.RunPodSandboxRequest) -> SandboxSpec:
                 ipaddress.ip_address(p.host_ip)
             except ValueError:
                 raise InvalidArgument(f"{where}.host_ip: {p.host_ip!r} is not an IP address") from None
-        ports.append(PortSpec(p.container_port, p.host_port, _PROTOCOLS.get(p.protocol, "tcp"), p.host_ip))
+        ports.append(PortSpec(p.container_port, p.host_port, known(_PROTOCOLS, p.protocol, f"{where}.protocol", pb.Protocol),
+                              p.host_ip))
     digest = hashlib.sha256(config.SerializeToString(deterministic=True))
     digest.update(request.runtime_handler.encode())
     return SandboxSpec(

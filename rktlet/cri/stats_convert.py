@@ -1,27 +1,10 @@
-"""Statistics into CRI messages: ContainerStats, PodSandboxStats and the
-cAdvisor-style metrics of ListPodSandboxMetrics."""
+"""Statistics into CRI messages: ContainerStats and PodSandboxStats (the
+metrics of ListPodSandboxMetrics are in :mod:`rktlet.cri.metrics_convert`)."""
 
 from __future__ import annotations
 
 from rktlet.cri.proto import pb
 from rktlet.pod.stats import ContainerFigures, PodFigures
-
-# The metrics the kubelet's CRI stats path asks for, cAdvisor-named.
-CONTAINER_LABELS = ["container", "id", "image", "name", "namespace", "pod"]
-NETWORK_LABELS = ["container", "id", "image", "name", "namespace", "pod", "interface"]
-DESCRIPTORS = [
-    pb.MetricDescriptor(name="container_cpu_usage_seconds_total",
-                        help="Cumulative cpu time consumed in seconds.", label_keys=CONTAINER_LABELS),
-    pb.MetricDescriptor(name="container_memory_working_set_bytes",
-                        help="Current working set in bytes.", label_keys=CONTAINER_LABELS),
-    pb.MetricDescriptor(name="container_memory_usage_bytes",
-                        help="Current memory usage in bytes, including all memory regardless of when it was accessed.",
-                        label_keys=CONTAINER_LABELS),
-    pb.MetricDescriptor(name="container_network_receive_bytes_total",
-                        help="Cumulative count of bytes received.", label_keys=NETWORK_LABELS),
-    pb.MetricDescriptor(name="container_network_transmit_bytes_total",
-                        help="Cumulative count of bytes transmitted.", label_keys=NETWORK_LABELS),
-]
 
 
 def _u64(value: int | None) -> pb.UInt64Value | None:
@@ -97,40 +80,3 @@ def pod_stats(f: PodFigures) -> pb.PodSandboxStats:
         linux.network.interfaces.extend(_interface(n, c) for n, c in sorted(interfaces.items()))
     linux.containers.extend(container_stats(c) for c in f.containers)
     return stats
-
-
-def _metric(name: str, timestamp: int, kind: int, labels: list[str], value: int) -> pb.Metric:
-    return pb.Metric(name=name, timestamp=timestamp, metric_type=kind, label_values=labels,
-                     value=pb.UInt64Value(value=max(value, 0)))
-
-
-def pod_metrics(f: PodFigures) -> pb.PodSandboxMetrics:
-    """cAdvisor-style metrics of a pod: network per interface (as the pod's
-    "POD" container, like cAdvisor), CPU and memory per container."""
-    sb = f.sandbox
-    metrics = pb.PodSandboxMetrics(pod_sandbox_id=sb.id)
-    for name, counters in sorted(f.network.items()):
-        if name == "lo":
-            continue
-        labels = ["POD", sb.id, "", sb.id, sb.namespace, sb.name, name]
-        metrics.metrics.append(_metric("container_network_receive_bytes_total", f.timestamp_ns, pb.COUNTER, labels,
-                                       counters.get("rx_bytes", 0)))
-        metrics.metrics.append(_metric("container_network_transmit_bytes_total", f.timestamp_ns, pb.COUNTER, labels,
-                                       counters.get("tx_bytes", 0)))
-    for cf in f.containers:
-        c, s = cf.container, cf.sample
-        if s is None:
-            continue
-        labels = [c.name, c.id, c.image, c.id, sb.namespace, sb.name]
-        cm = pb.ContainerMetrics(container_id=c.id)
-        # CPU seconds as whole nanoseconds would overflow nothing, but the
-        # metric is in seconds: the value field is an integer, so it carries
-        # nanoseconds-precision only when divided; report whole seconds.
-        cm.metrics.append(_metric("container_cpu_usage_seconds_total", s.timestamp_ns, pb.COUNTER, labels,
-                                  s.cpu_usage_ns // 1_000_000_000))
-        cm.metrics.append(_metric("container_memory_working_set_bytes", s.timestamp_ns, pb.GAUGE, labels,
-                                  s.memory_working_set_bytes))
-        cm.metrics.append(_metric("container_memory_usage_bytes", s.timestamp_ns, pb.GAUGE, labels,
-                                  s.memory_usage_bytes))
-        metrics.container_metrics.append(cm)
-    return metrics

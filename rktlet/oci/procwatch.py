@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 from typing import Any, Callable, NamedTuple
 
 from twisted.internet.interfaces import IReadDescriptor
@@ -107,6 +108,14 @@ def _reap(pid: int, pidfd: int) -> ProcessEnd | None:
     return _end_of(status) if reaped == pid else None
 
 
+def pidfd_signalled(fd: int) -> bool:
+    """Whether the process of pidfd *fd* has ended (the pidfd polls
+    readable, or hung up once the process was reaped)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 @implementer(IReadDescriptor)
 class _PidfdReader:
     """A pidfd in the reactor: it becomes readable when the process exits."""
@@ -128,7 +137,13 @@ class _PidfdReader:
 
     def connectionLost(self, reason: Failure) -> None:
         # The reactor reports POLLHUP (a reaped process, on newer kernels)
-        # without POLLIN this way: the process is gone all the same.
+        # without POLLIN this way: the process is gone all the same. But a
+        # stopping reactor also lets go of every reader this way, while the
+        # process lives on (containers' monitors outlive the daemon): ask
+        # the pidfd itself.
+        if self.fd >= 0 and not pidfd_signalled(self.fd):
+            self.stop()
+            return
         self._callback()
 
     def stop(self) -> None:

@@ -34,6 +34,8 @@ class Container:
     image: str  # as the request named it
     image_ref: str  # the image id
     image_name: str = ""  # a repo tag or digest of that image, for status
+    image_digest_ref: str = ""  # a repo digest of that image (name@sha256:…), if it has one
+    user_specified_image: str = ""  # the image as the pod's author wrote it (the kubelet sends it)
     state: str = CREATED
     started_at: int = 0
     finished_at: int = 0

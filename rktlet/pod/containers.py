@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import logs
@@ -37,6 +38,19 @@ from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
 log = logs.logger("rktlet.pod.containers")
+
+
+# ReopenContainerLog waits for conmon's new log file: 400 polls of 5 ms.
+_REOPEN_POLLS = 400
+_REOPEN_POLL_INTERVAL = 0.005
+
+
+def _inode(path: str) -> int | None:
+    """The inode at *path*, or ``None`` when nothing is there."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _own_oom_score_adj() -> int:
@@ -190,7 +204,7 @@ class ContainerManager:
 
     async def create(self, sandbox_id: str, config: ContainerConfig, image: str, attempt: int, fingerprint: str,
                      labels: dict[str, str], annotations: dict[str, str], log_path: str,
-                     stop_signal: str = "") -> Container:
+                     stop_signal: str = "", user_specified_image: str = "") -> Container:
         """Prepare a container in a pod; returns its record (CREATED)."""
         sb = self._sandboxes.get(sandbox_id)
         if sb.state != READY:
@@ -216,6 +230,7 @@ class ContainerManager:
             id=container_id, sandbox_id=sb.id, name=config.name, attempt=attempt, fingerprint=fingerprint,
             created_at=time.time_ns(), image=image, image_ref=record.id,
             image_name=(record.repo_tags or record.repo_digests or [record.id])[0],
+            image_digest_ref=(record.repo_digests or [""])[0], user_specified_image=user_specified_image,
             labels=dict(labels), annotations=dict(annotations),
             # conmon needs a log; without one from the kubelet it goes beside the writable layer.
             log_path=log_path or os.path.join(self._layers, container_id, "container.log"),
@@ -495,15 +510,33 @@ class ContainerManager:
             log.info("resources: {note}", note=note)
         return resources
 
-    def reopen_log(self, id_or_prefix: str) -> None:
+    def stop_watching(self) -> None:
+        """Daemon shutdown: stop watching every monitor (conmon and the
+        containers keep running; the next daemon adopts them)."""
+        for conmon in {id(c): c for c in self._conmons.values()}.values():
+            conmon.close()
+
+    async def reopen_log(self, id_or_prefix: str) -> None:
         """ReopenContainerLog: conmon reopens the log file (after the
-        kubelet rotated it)."""
+        kubelet rotated it), and the call returns once the new file is at
+        the log path — the kubelet and critest look for it right away, as
+        containerd makes it before answering."""
         c = self.get(id_or_prefix)
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running: its log cannot be reopened")
         sb = self._sandboxes.get(c.sandbox_id)
         conmon = self._conmons[sb.handler]
+        before = _inode(c.log_path)
         conmon.reopen_log(conmon.paths(c.id, c.bundle))
+        # conmon renames a fresh file over the log path from its main loop;
+        # wait (bounded) until a file other than the one there before is seen.
+        for _ in range(_REOPEN_POLLS):
+            now = _inode(c.log_path)
+            if now is not None and now != before:
+                return
+            await deferLater(self._reactor, _REOPEN_POLL_INTERVAL, lambda: None)
+        raise RuntimeFailure(f"container {c.id}: conmon did not reopen its log {c.log_path} "
+                             f"within {_REOPEN_POLLS * _REOPEN_POLL_INTERVAL:.0f} s")
 
     def verbose_info(self, c: Container) -> dict[str, Any]:
         """ContainerStatus verbose: pid, bundle, runtime spec."""

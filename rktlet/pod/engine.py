@@ -113,7 +113,11 @@ class Engine:
         return d
 
     def close(self) -> Deferred | None:
-        """Release what the engine holds open (pooled registry connections)."""
+        """Release what the engine holds open (pooled registry connections)
+        and stop watching the containers' monitors, which keep running for
+        the next daemon to adopt."""
+        if self.containers is not None:
+            self.containers.stop_watching()
         return self.images.close() if self.images is not None else None
 
     def version(self) -> tuple[str, str, str]:

@@ -235,7 +235,9 @@ class SandboxManager:
             fingerprint=spec.fingerprint,
             created_at=time.time_ns(),
             handler=handler,
-            hostname=spec.hostname or (spec.name if spec.network_mode != MODE_NODE else os.uname().nodename),
+            # No hostname given: the node's, as containerd and CRI-O do (the kubelet
+            # always sends one; other clients such as critest may not).
+            hostname=spec.hostname or os.uname().nodename,
             log_directory=spec.log_directory,
             labels=dict(spec.labels),
             annotations=dict(spec.annotations),

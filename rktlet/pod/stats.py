@@ -15,9 +15,10 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 
-from rktlet.oci import cgroups, namespaces
+from rktlet.oci import cgroup_metrics, cgroups, namespaces
+from rktlet.oci.cgroup_metrics import CgroupMetrics
 from rktlet.oci.stats import CgroupSample, CpuRates, UsageCache, read_cgroups
-from rktlet.pod.container import Container
+from rktlet.pod.container import RUNNING, Container
 from rktlet.pod.sandbox import READY, Sandbox
 
 
@@ -43,6 +44,29 @@ class PodFigures:
     nano_cores: int | None
     network: dict[str, dict[str, int]] = field(default_factory=dict)  # interface → counters
     containers: tuple[ContainerFigures, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerMetricFigures:
+    """One container's figures for the cAdvisor-named metrics."""
+
+    container: Container
+    timestamp_ns: int
+    sample: CgroupSample | None
+    cgroup: CgroupMetrics | None
+    writable_layer: tuple[int, int] | None  # (bytes, inodes) of its upper dir
+    filesystem: dict[str, int] | None  # limit_bytes, inodes_total, inodes_free
+    device: str  # the block device holding the writable layer
+
+
+@dataclass(frozen=True)
+class PodMetricFigures:
+    """One pod's figures for ListPodSandboxMetrics."""
+
+    sandbox: Sandbox
+    timestamp_ns: int
+    network: dict[str, dict[str, int]]
+    containers: tuple[ContainerMetricFigures, ...] = ()
 
 
 class StatsCollector:
@@ -130,6 +154,57 @@ class StatsCollector:
             out.append(PodFigures(sb, sample.timestamp_ns if sample else now, sample, rate,
                                   networks.get(sb.id, {}), tuple(figures_by_pod.get(sb.id, ()))))
         return out
+
+    async def pod_metrics(self) -> list[PodMetricFigures]:
+        """Figures for the cAdvisor-named metrics of every ready pod and its
+        running containers (ListPodSandboxMetrics): more files per cgroup and
+        a walk of the containers' processes, all in one worker thread."""
+        self._prune()
+        pods = self._sandboxes.list("", READY, None)
+        wanted = {sb.id for sb in pods}
+        running = [c for c in self._containers.containers.values()
+                   if c.sandbox_id in wanted and c.state == RUNNING]
+        paths = {c.id: self._cgroup_of(c) for c in running}
+        layout = self._layout
+
+        def read() -> tuple[dict, dict, dict, dict]:
+            cg = [p for p in paths.values() if p]
+            samples = read_cgroups(layout, cg)
+            extended = cgroup_metrics.read_many(layout, cg)
+            fs = {c.id: (cgroup_metrics.filesystem(c.layer_dir), cgroup_metrics.filesystem_device(c.layer_dir))
+                  for c in running}
+            networks = {}
+            for sb in pods:
+                if sb.netns:
+                    try:
+                        networks[sb.id] = namespaces.read_net_dev(sb.netns)
+                    except Exception:
+                        networks[sb.id] = {}
+            return samples, extended, fs, networks
+
+        samples, extended, fs, networks = await deferToThreadPool(self._reactor, self._threadpool, read)
+        usage = {}
+        for c in running:
+            # A metrics scrape wants a figure: wait for the first walk of a
+            # layer not measured yet, use the cache (refreshed behind) after.
+            upper = f"{c.layer_dir}/upper"
+            usage[c.id] = self._usage.get(upper)
+            if usage[c.id] is None:
+                try:
+                    usage[c.id] = await self._usage.measure(upper)
+                except OSError:
+                    pass
+        now = time.time_ns()
+        by_pod: dict[str, list[ContainerMetricFigures]] = {}
+        for c in running:
+            path = paths[c.id]
+            upper = f"{c.layer_dir}/upper"
+            self._kept[c.id] = upper
+            filesystem, device = fs[c.id]
+            by_pod.setdefault(c.sandbox_id, []).append(ContainerMetricFigures(
+                c, now, samples.get(path) if path else None, extended.get(path) if path else None,
+                usage[c.id], filesystem, device))
+        return [PodMetricFigures(sb, now, networks.get(sb.id, {}), tuple(by_pod.get(sb.id, ()))) for sb in pods]
 
     async def container_stats(self, id_prefix: str = "", sandbox_prefix: str = "",
                               labels: dict[str, str] | None = None, one: bool = False) -> list[ContainerFigures]:

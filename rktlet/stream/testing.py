@@ -204,12 +204,18 @@ ALL_COMMAND_VERSIONS = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8
 
 
 class HalfCloseableTransport(StringTransport):
-    """A StringTransport that records a write-side half-close."""
+    """A StringTransport that records a write-side half-close and an abort
+    (a TCP reset, where a real transport would send one)."""
 
     write_closed = False
+    aborted = False
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
 
 
 class MemoryServer:

@@ -218,6 +218,13 @@ class SessionProtocol(WebSocketServerProtocol):
             self._registered = False
             self.transport.unregisterProducer()
 
+    def dropConnection(self, abort: bool = False) -> None:
+        # Once a closing handshake has completed, autobahn's server side
+        # aborts the TCP connection (a reset). Clients such as the kubelet's
+        # stream proxy report a reset as an error, so a clean close ends
+        # with a graceful FIN after the close frame has been written.
+        super().dropConnection(abort=abort and not self.wasClean)
+
     def fail(self, code: int, reason: str) -> None:
         """Close with a protocol-level status (1002, 1003, ...), which
         ``sendClose`` reserves to autobahn."""

@@ -63,3 +63,14 @@ def test_container_and_pod_stats(daemon, test_network, pushed_images, tmp_path):
     assert metrics[0].pod_sandbox_id == pod_id
     assert any(m.name == "container_network_receive_bytes_total" and m.value.value > 0 for m in metrics[0].metrics)
     assert {cm.container_id for cm in metrics[0].container_metrics} == {hog, busy}
+    # As critest checks it: every descriptor has values from the real cgroups
+    # (block I/O accounting may be off), with as many labels as keys.
+    keys = {d.name: len(d.label_keys) for d in runtime.ListMetricDescriptors(
+        pb.ListMetricDescriptorsRequest(), timeout=10).descriptors}
+    seen: dict[str, int] = {}
+    for m in [*metrics[0].metrics, *(m for cm in metrics[0].container_metrics for m in cm.metrics)]:
+        seen.setdefault(m.name, len(m.label_values))
+    optional = {"container_blkio_device_usage_total", "container_fs_reads_bytes_total", "container_fs_reads_total",
+                "container_fs_writes_bytes_total", "container_fs_writes_total", "container_spec_cpu_quota"}
+    assert set(keys) - optional <= set(seen), set(keys) - optional - set(seen)
+    assert all(seen[name] == keys[name] for name in seen)
