@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from rktlet import logs
 from rktlet.errors import InvalidArgument, RuntimeFailure
 from rktlet.oci.cgroups import Layout
-from rktlet.oci.stats import _check_path, _dir, _read
+from rktlet.oci.stats import cgroup_dir, check_cgroup_path, read_control_file
 
 log = logs.logger("rktlet.oci.cgroup_metrics")
 
@@ -154,7 +154,7 @@ def _devices(nbytes: Mapping[tuple[int, int], Mapping[str, int]],
 
 def _processes(procs_file: str, b: _Builder) -> None:
     """Processes, threads, open files and sockets of the cgroup's processes."""
-    data = _read(procs_file)
+    data = read_control_file(procs_file)
     if data is None:
         return
     pids = data.split()[:MAX_PROCESSES]
@@ -183,33 +183,33 @@ def _processes(procs_file: str, b: _Builder) -> None:
 
 
 def _read_v1(v1: Mapping[str, str], path: str) -> CgroupMetrics | None:
-    memory = _dir(v1["memory"], path) if "memory" in v1 else None
-    cpu = _dir(v1["cpu"], path) if "cpu" in v1 else None
-    cpuacct = _dir(v1["cpuacct"], path) if "cpuacct" in v1 else None
-    pids = _dir(v1["pids"], path) if "pids" in v1 else None
-    blkio = _dir(v1["blkio"], path) if "blkio" in v1 else None
+    memory = cgroup_dir(v1["memory"], path) if "memory" in v1 else None
+    cpu = cgroup_dir(v1["cpu"], path) if "cpu" in v1 else None
+    cpuacct = cgroup_dir(v1["cpuacct"], path) if "cpuacct" in v1 else None
+    pids = cgroup_dir(v1["pids"], path) if "pids" in v1 else None
+    blkio = cgroup_dir(v1["blkio"], path) if "blkio" in v1 else None
     primary = memory or cpuacct or cpu or pids
     if primary is None or not os.path.isdir(primary):
         return None
     b = _Builder()
     if cpuacct:
-        stat = _flat(_read(cpuacct + "/cpuacct.stat"))
+        stat = _flat(read_control_file(cpuacct + "/cpuacct.stat"))
         if "user" in stat:
             b.put("cpu_user_seconds", stat["user"] // _USER_HZ)
             b.put("cpu_system_seconds", stat.get("system", 0) // _USER_HZ)
     if cpu:
-        stat = _flat(_read(cpu + "/cpu.stat"))
+        stat = _flat(read_control_file(cpu + "/cpu.stat"))
         if "nr_periods" in stat:
             b.put("cpu_cfs_periods", stat["nr_periods"])
             b.put("cpu_cfs_throttled_periods", stat.get("nr_throttled", 0))
             b.put("cpu_cfs_throttled_seconds", stat.get("throttled_time", 0) // 1_000_000_000)
-        b.put("spec_cpu_period", _number(_read(cpu + "/cpu.cfs_period_us")))
-        quota = _number(_read(cpu + "/cpu.cfs_quota_us"))
+        b.put("spec_cpu_period", _number(read_control_file(cpu + "/cpu.cfs_period_us")))
+        quota = _number(read_control_file(cpu + "/cpu.cfs_quota_us"))
         if quota is not None and quota > 0:  # -1: no quota
             b.put("spec_cpu_quota", quota)
-        b.put("spec_cpu_shares", _number(_read(cpu + "/cpu.shares")))
+        b.put("spec_cpu_shares", _number(read_control_file(cpu + "/cpu.shares")))
     if memory:
-        stat = _flat(_read(memory + "/memory.stat"))
+        stat = _flat(read_control_file(memory + "/memory.stat"))
         b.put("memory_cache", stat.get("total_cache"))
         b.put("memory_rss", stat.get("total_rss"))
         b.put("memory_mapped_file", stat.get("total_mapped_file"))
@@ -218,53 +218,53 @@ def _read_v1(v1: Mapping[str, str], path: str) -> CgroupMetrics | None:
         b.put("memory_pgmajfault_container", stat.get("pgmajfault"))
         b.put("memory_pgfault_hierarchy", stat.get("total_pgfault"))
         b.put("memory_pgmajfault_hierarchy", stat.get("total_pgmajfault"))
-        b.put("memory_failcnt", _number(_read(memory + "/memory.failcnt")))
-        b.put("memory_max_usage_bytes", _number(_read(memory + "/memory.max_usage_in_bytes")))
-        b.put("memory_kernel_usage", _number(_read(memory + "/memory.kmem.usage_in_bytes")))
-        b.put("spec_memory_limit_bytes", _number(_read(memory + "/memory.limit_in_bytes")))
-        b.put("spec_memory_reservation_limit_bytes", _number(_read(memory + "/memory.soft_limit_in_bytes")))
+        b.put("memory_failcnt", _number(read_control_file(memory + "/memory.failcnt")))
+        b.put("memory_max_usage_bytes", _number(read_control_file(memory + "/memory.max_usage_in_bytes")))
+        b.put("memory_kernel_usage", _number(read_control_file(memory + "/memory.kmem.usage_in_bytes")))
+        b.put("spec_memory_limit_bytes", _number(read_control_file(memory + "/memory.limit_in_bytes")))
+        b.put("spec_memory_reservation_limit_bytes", _number(read_control_file(memory + "/memory.soft_limit_in_bytes")))
         # Without swap accounting there is no memsw file: the swap limit is
         # then the memory limit (swap cannot be charged separately).
-        swap_limit = _number(_read(memory + "/memory.memsw.limit_in_bytes"))
+        swap_limit = _number(read_control_file(memory + "/memory.memsw.limit_in_bytes"))
         b.put("spec_memory_swap_limit_bytes", swap_limit if swap_limit is not None
               else b.values.get("spec_memory_limit_bytes"))
-        oom = _flat(_read(memory + "/memory.oom_control"))
+        oom = _flat(read_control_file(memory + "/memory.oom_control"))
         b.put("oom_events", oom.get("oom_kill", 0))
     if pids:
-        max_pids = _read(pids + "/pids.max")
+        max_pids = read_control_file(pids + "/pids.max")
         b.put("threads_max", _number(max_pids) or 0)  # "max": 0, as cAdvisor reports no limit
     _processes(primary + "/cgroup.procs", b)
     devices: tuple[BlockDevice, ...] = ()
     if blkio:
-        devices = _devices(_blkio_v1(_read(blkio + "/blkio.throttle.io_service_bytes_recursive")),
-                           _blkio_v1(_read(blkio + "/blkio.throttle.io_serviced_recursive")))
+        devices = _devices(_blkio_v1(read_control_file(blkio + "/blkio.throttle.io_service_bytes_recursive")),
+                           _blkio_v1(read_control_file(blkio + "/blkio.throttle.io_serviced_recursive")))
     return CgroupMetrics(dict(b.values), devices)
 
 
 def _read_v2(unified: str | None, path: str) -> CgroupMetrics | None:
     if not unified:
         raise RuntimeFailure("cgroup layout is v2 but has no unified mount point")
-    d = _dir(unified, path)
+    d = cgroup_dir(unified, path)
     if not os.path.isdir(d):
         return None
     b = _Builder()
-    cpu = _flat(_read(d + "/cpu.stat"))
+    cpu = _flat(read_control_file(d + "/cpu.stat"))
     b.put("cpu_user_seconds", cpu.get("user_usec", 0) // 1_000_000)
     b.put("cpu_system_seconds", cpu.get("system_usec", 0) // 1_000_000)
     if "nr_periods" in cpu:
         b.put("cpu_cfs_periods", cpu["nr_periods"])
         b.put("cpu_cfs_throttled_periods", cpu.get("nr_throttled", 0))
         b.put("cpu_cfs_throttled_seconds", cpu.get("throttled_usec", 0) // 1_000_000)
-    cpu_max = _read(d + "/cpu.max")
+    cpu_max = read_control_file(d + "/cpu.max")
     if cpu_max is not None:
         quota, _, period = cpu_max.decode("ascii", "replace").strip().partition(" ")
         b.put("spec_cpu_period", int(period) if period.isdigit() else None)
         b.put("spec_cpu_quota", int(quota) if quota.isdigit() else None)
-    weight = _number(_read(d + "/cpu.weight"))
+    weight = _number(read_control_file(d + "/cpu.weight"))
     if weight is not None:
         # The inverse of the kubelet's shares → weight mapping.
         b.put("spec_cpu_shares", 2 + ((weight - 1) * 262142) // 9999)
-    stat = _flat(_read(d + "/memory.stat"))
+    stat = _flat(read_control_file(d + "/memory.stat"))
     if stat:
         b.put("memory_cache", stat.get("file"))
         b.put("memory_rss", stat.get("anon"))
@@ -274,26 +274,26 @@ def _read_v2(unified: str | None, path: str) -> CgroupMetrics | None:
         b.put("memory_pgmajfault_container", stat.get("pgmajfault"))
         b.put("memory_pgfault_hierarchy", stat.get("pgfault"))
         b.put("memory_pgmajfault_hierarchy", stat.get("pgmajfault"))
-        b.put("memory_swap", _number(_read(d + "/memory.swap.current")) or 0)
-        events = _flat(_read(d + "/memory.events"))
+        b.put("memory_swap", _number(read_control_file(d + "/memory.swap.current")) or 0)
+        events = _flat(read_control_file(d + "/memory.events"))
         b.put("memory_failcnt", events.get("max", 0))
         b.put("oom_events", events.get("oom_kill", 0))
-        b.put("memory_max_usage_bytes", _number(_read(d + "/memory.peak")))
-        b.put("spec_memory_limit_bytes", _number(_read(d + "/memory.max")) or 0)
-        b.put("spec_memory_reservation_limit_bytes", _number(_read(d + "/memory.low")) or 0)
-        b.put("spec_memory_swap_limit_bytes", _number(_read(d + "/memory.swap.max")) or 0)
-    max_pids = _read(d + "/pids.max")
+        b.put("memory_max_usage_bytes", _number(read_control_file(d + "/memory.peak")))
+        b.put("spec_memory_limit_bytes", _number(read_control_file(d + "/memory.max")) or 0)
+        b.put("spec_memory_reservation_limit_bytes", _number(read_control_file(d + "/memory.low")) or 0)
+        b.put("spec_memory_swap_limit_bytes", _number(read_control_file(d + "/memory.swap.max")) or 0)
+    max_pids = read_control_file(d + "/pids.max")
     if max_pids is not None:
         b.put("threads_max", _number(max_pids) or 0)
     _processes(d + "/cgroup.procs", b)
-    nbytes, ops = _io_v2(_read(d + "/io.stat"))
+    nbytes, ops = _io_v2(read_control_file(d + "/io.stat"))
     return CgroupMetrics(dict(b.values), _devices(nbytes, ops))
 
 
 def read_cgroup_metrics(layout: Layout, path: str) -> CgroupMetrics | None:
     """The figures of cgroup *path* (absolute inside the hierarchies), or
     None when it does not exist. Blocking: call it from a worker thread."""
-    _check_path(path)
+    check_cgroup_path(path)
     if layout.mode == "v2":
         return _read_v2(layout.unified, path)
     return _read_v1(layout.v1, path)

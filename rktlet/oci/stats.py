@@ -115,7 +115,7 @@ _O_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 _BUFSIZE = 1 << 16
 
 
-def _read(path: str) -> bytes | None:
+def read_control_file(path: str) -> bytes | None:
     """The content of the control file *path*; None when it does not exist
     (no such controller here, or the cgroup is gone: ENODEV is what a read
     on a file of a just-removed cgroup gets).  Other errors raise
@@ -190,13 +190,13 @@ def _limit(data: bytes | None) -> int | None:
     return None if value >= _UNLIMITED else value
 
 
-def _dir(root: str, path: str) -> str:
+def cgroup_dir(root: str, path: str) -> str:
     # *path* is absolute, so plain concatenation joins it (and "/" gives the
     # root itself); faster than os.path.join on this hot path.
     return root.rstrip("/") + path if path != "/" else root
 
 
-def _check_path(path: str) -> None:
+def check_cgroup_path(path: str) -> None:
     """A cheap guard (the full check, cgroups.validate_path, is done when
     the cgroup is made): absolute, no ``..``, no NUL."""
     if not path.startswith("/") or "\0" in path or ("/.." in path and ".." in path.split("/")):
@@ -204,7 +204,7 @@ def _check_path(path: str) -> None:
 
 
 def _count_procs(directory: str) -> int:
-    data = _read(directory + "/cgroup.procs")
+    data = read_control_file(directory + "/cgroup.procs")
     return 0 if data is None else data.count(b"\n")
 
 
@@ -240,9 +240,9 @@ def _read_v1(v1: Mapping[str, str], path: str, now_ns: int | None) -> CgroupSamp
     memory_root = v1.get("memory")
     cpuacct_root = v1.get("cpuacct")
     pids_root = v1.get("pids")
-    memory = _dir(memory_root, path) if memory_root else None
-    cpuacct = _dir(cpuacct_root, path) if cpuacct_root else None
-    pids_dir = _dir(pids_root, path) if pids_root else None
+    memory = cgroup_dir(memory_root, path) if memory_root else None
+    cpuacct = cgroup_dir(cpuacct_root, path) if cpuacct_root else None
+    pids_dir = cgroup_dir(pids_root, path) if pids_root else None
     # Whether the cgroup exists is decided in one hierarchy, the memory one
     # when there is one; a hierarchy where the cgroup is missing otherwise
     # just contributes zeros (no accounting there).
@@ -251,7 +251,7 @@ def _read_v1(v1: Mapping[str, str], path: str, now_ns: int | None) -> CgroupSamp
         raise RuntimeFailure("no cpuacct, memory or pids cgroup v1 hierarchy is mounted")
 
     ts = time.time_ns() if now_ns is None else now_ns
-    cpu = _int(_read(cpuacct + "/cpuacct.usage")) if cpuacct else None
+    cpu = _int(read_control_file(cpuacct + "/cpuacct.usage")) if cpuacct else None
     if cpuacct is not None and cpu is None and primary == cpuacct and not os.path.isdir(cpuacct):
         return None
 
@@ -260,13 +260,13 @@ def _read_v1(v1: Mapping[str, str], path: str, now_ns: int | None) -> CgroupSamp
     swap: int | None = None
     mstat = [0, 0, 0, 0]  # inactive_file, rss, pgfault, pgmajfault
     if memory is not None:
-        usage = _int(_read(memory + "/memory.usage_in_bytes"))
+        usage = _int(read_control_file(memory + "/memory.usage_in_bytes"))
         if usage is None and not os.path.isdir(memory):
             return None
-        limit = _limit(_read(memory + "/memory.limit_in_bytes"))
-        mstat = _fields(_read(memory + "/memory.stat"), _V1_MEMORY_STAT)
+        limit = _limit(read_control_file(memory + "/memory.limit_in_bytes"))
+        mstat = _fields(read_control_file(memory + "/memory.stat"), _V1_MEMORY_STAT)
         # memsw files exist only with swap accounting on (swapaccount=1).
-        memsw = _int(_read(memory + "/memory.memsw.usage_in_bytes"))
+        memsw = _int(read_control_file(memory + "/memory.memsw.usage_in_bytes"))
         if memsw is not None and usage is not None:
             # Two reads, two moments: never report a negative difference.
             swap = max(memsw - usage, 0)
@@ -274,7 +274,7 @@ def _read_v1(v1: Mapping[str, str], path: str, now_ns: int | None) -> CgroupSamp
     pids: int | None = None
     if pids_dir is not None:
         # The root cgroup has no pids.current; count processes instead.
-        pids = _int(_read(pids_dir + "/pids.current"))
+        pids = _int(read_control_file(pids_dir + "/pids.current"))
         if pids is None and primary == pids_dir and not os.path.isdir(pids_dir):
             return None
     if pids is None:
@@ -297,21 +297,21 @@ def _read_v1(v1: Mapping[str, str], path: str, now_ns: int | None) -> CgroupSamp
 def _read_v2(unified: str | None, path: str, now_ns: int | None) -> CgroupSample | None:
     if not unified:
         raise RuntimeFailure("cgroup layout is v2 but has no unified mount point")
-    directory = _dir(unified, path)
+    directory = cgroup_dir(unified, path)
     ts = time.time_ns() if now_ns is None else now_ns
     # cpu.stat is there in every v2 cgroup (the core keeps usage_usec even
     # without the cpu controller), so its absence means the cgroup is gone.
-    cpu_stat = _read(directory + "/cpu.stat")
+    cpu_stat = read_control_file(directory + "/cpu.stat")
     if cpu_stat is None and not os.path.isdir(directory):
         return None
     (cpu_usec,) = _fields(cpu_stat, _V2_CPU_STAT)
     # Without the memory controller enabled for this cgroup (parent's
     # cgroup.subtree_control) these files are absent: zeros and None.
-    usage = _int(_read(directory + "/memory.current"))
-    limit = _limit(_read(directory + "/memory.max")) if usage is not None else None
-    mstat = _fields(_read(directory + "/memory.stat") if usage is not None else None, _V2_MEMORY_STAT)
-    swap = _int(_read(directory + "/memory.swap.current")) if usage is not None else None
-    pids = _int(_read(directory + "/pids.current"))
+    usage = _int(read_control_file(directory + "/memory.current"))
+    limit = _limit(read_control_file(directory + "/memory.max")) if usage is not None else None
+    mstat = _fields(read_control_file(directory + "/memory.stat") if usage is not None else None, _V2_MEMORY_STAT)
+    swap = _int(read_control_file(directory + "/memory.swap.current")) if usage is not None else None
+    pids = _int(read_control_file(directory + "/pids.current"))
     if pids is None:
         pids = _count_procs(directory)
     return _sample(
@@ -341,7 +341,7 @@ def read_cgroup(layout: Layout, path: str, now_ns: int | None = None) -> CgroupS
     with ``..``, RuntimeFailure for a file that cannot be read (other than
     missing).
     """
-    _check_path(path)
+    check_cgroup_path(path)
     if layout.mode == "v2":
         return _read_v2(layout.unified, path, now_ns)
     return _read_v1(layout.v1, path, now_ns)
