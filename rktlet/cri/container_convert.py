@@ -7,7 +7,7 @@ import hashlib
 import os
 
 from rktlet.cri.proto import known, pb
-from rktlet.errors import InvalidArgument
+from rktlet.errors import InvalidArgument, Unimplemented
 from rktlet.oci.container_config import ContainerConfig, Device, Mount, Profile, Resources, Security
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 
@@ -65,7 +65,9 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         if not m.container_path or not os.path.isabs(m.container_path):
             raise InvalidArgument(f"config.mounts[{i}].container_path {m.container_path!r} must be an absolute path")
         if m.HasField("image") and m.image.image:
-            raise InvalidArgument(f"config.mounts[{i}].image: image volumes are not supported yet")
+            # UNIMPLEMENTED, so that clients (critest, the kubelet) know the
+            # feature is missing rather than the request wrong.
+            raise Unimplemented(f"config.mounts[{i}].image: image volumes are not supported yet")
         propagation = known(_PROPAGATION, m.propagation, f"config.mounts[{i}].propagation", pb.MountPropagation)
         mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation))
     devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
