@@ -48,6 +48,11 @@ def test_pod_runs_logs_and_is_removed_without_leftovers(env):
     assert pod["status"]["podIP"].startswith(env.network.subnet.rsplit(".", 2)[0])
     ip = pod["status"]["podIP"]
     wait_for(lambda: "started-life" in env.logs("life", "c"), 20, "the container's log line")
+    # The pod status names the image as the manifest did (not its digest),
+    # and its id as the digest-qualified name.
+    (cs,) = pod["status"]["containerStatuses"]
+    assert cs["image"] == BUSYBOX, cs
+    assert cs["imageID"].startswith(BUSYBOX.rsplit(":", 1)[0] + "@sha256:"), cs
 
     cid = env.container_id(pod, "c")
     info = env.container_info(cid)
