@@ -3,9 +3,11 @@
 Imported by ``bench/containers.py``, ``bench/stats.py`` (everything: the
 runtimes, pods and containers as the kubelet makes them, the cleanup and its
 check) and by ``bench/sandboxes.py`` and ``bench/pull_image.py`` (the small
-helpers: percentiles, /proc readers, error texts). The scripts run as
-``python bench/<script>.py``, so this module is found as ``common`` beside
-them; it is not a part of the rktlet package.
+helpers: percentiles, /proc readers, error texts), and by
+``bench/critest_benchmark.py`` (the starters, the cleanup check, the report
+helpers; containerd 2.x through ``containerd=`` and ``mirrors=``). The
+scripts run as ``python bench/<script>.py``, so this module is found as
+``common`` beside them; it is not a part of the rktlet package.
 
 The pieces, in the order of a run:
 
@@ -333,6 +335,7 @@ class Runtime:
                  log_path: Optional[str] = None):
         self.name = name
         self.pid = pid
+        self.socket = socket
         self.base = base
         self.network = network
         self.roles = roles
@@ -420,11 +423,12 @@ class BenchDaemon(Daemon):
         return super().spawn(**popen_kwargs)
 
 
-def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> Runtime:
-    """rktlet as in the integration tests, at ``opts.rktlet_log_level``,
-    its default network replaced by the benchmark's; ``opts.rktlet_log``
-    (when set) gets a copy of its log at cleanup."""
-    daemon = BenchDaemon(extra_args=["--log-level", opts.rktlet_log_level])
+def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, rktlet_args: tuple[str, ...] = (),
+                 **_: Any) -> Runtime:
+    """rktlet as in the integration tests, at ``opts.rktlet_log_level``
+    (plus ``rktlet_args``), its default network replaced by the benchmark's;
+    ``opts.rktlet_log`` (when set) gets a copy of its log at cleanup."""
+    daemon = BenchDaemon(extra_args=["--log-level", opts.rktlet_log_level, *rktlet_args])
     OUR_DIRS.append(daemon.base)
     network: Optional[TestNetwork] = None
 
@@ -475,11 +479,15 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, **_: Any) -> R
 
 
 def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: Optional[LocalRegistry] = None,
-                     pause_ref: str = "", **_: Any) -> Runtime:
+                     pause_ref: str = "", containerd: Optional[str] = None,
+                     mirrors: Optional[dict[str, str]] = None, **_: Any) -> Runtime:
     """containerd with its CRI plugin (``tests/support/containerd.py``), the
-    benchmark's network and ``pause_ref`` as its sandbox image, pulled."""
+    benchmark's network and ``pause_ref`` as its sandbox image, pulled.
+    ``containerd`` is the program (Debian's by default, e.g. a 2.x build),
+    ``mirrors`` its ``{upstream host: URL}``."""
     assert registry is not None
-    ctrd = Containerd(insecure_registries=[registry.host], cri={"sandbox_image": pause_ref})
+    ctrd = Containerd(insecure_registries=[registry.host], cri={"sandbox_image": pause_ref}, binary=containerd,
+                      mirrors=mirrors)
     network: Optional[TestNetwork] = None
 
     def roles() -> dict[int, str]:
@@ -833,9 +841,9 @@ def chosen_runtimes(args: argparse.Namespace) -> list[str]:
     return [r for r in RUNTIMES if r in (args.runtime or RUNTIMES)]
 
 
-def versions_of(runtimes: list[str]) -> dict[str, str]:
+def versions_of(runtimes: list[str], containerd: Optional[str] = None) -> dict[str, str]:
     """Python's and rktlet's versions, and containerd's when it is measured
-    (shown as progress too)."""
+    (shown as progress too; ``containerd`` is the program, Debian's by default)."""
     versions = {"python": platform.python_version()}
     try:
         from importlib.metadata import version
@@ -844,7 +852,7 @@ def versions_of(runtimes: list[str]) -> dict[str, str]:
     except Exception:
         versions["rktlet"] = "(not installed; from the checkout)"
     if "containerd" in runtimes:
-        versions["containerd"] = containerd_version()
+        versions["containerd"] = containerd_version(containerd)
         progress(versions["containerd"])
     return versions
 
@@ -868,12 +876,14 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def check_requirements(script: str, runtimes: list[str]) -> Optional[str]:
-    """Why ``script`` cannot run here (root, containerd, the registry, CNI
-    plugins, conmon, runc), or None."""
+def check_requirements(script: str, runtimes: list[str], containerd: Optional[str] = None) -> Optional[str]:
+    """Why ``script`` cannot run here (root, containerd — Debian's, or the
+    program ``containerd`` —, the registry, CNI plugins, conmon, runc), or None."""
     if os.geteuid() != 0:
         return f"{script}: needs root (namespaces, cgroups, bridges); run it with sudo"
-    if "containerd" in runtimes and containerd_binary() is None:
+    if "containerd" in runtimes and containerd is not None and not os.access(containerd, os.X_OK):
+        return f"{script}: {containerd} is not an executable containerd"
+    if "containerd" in runtimes and containerd is None and containerd_binary() is None:
         return f"{script}: {INSTALL_HINT}"
     why = registry_available()
     if why is not None:

@@ -1,5 +1,7 @@
-"""A throw-away containerd (Debian's ``containerd`` 1.6) with its CRI plugin,
-for benchmarks that compare rktlet with containerd in the same run.
+"""A throw-away containerd with its CRI plugin, for benchmarks that compare
+rktlet with containerd in the same run: Debian's ``containerd`` 1.6 (found on
+PATH, configuration ``version = 2``) by default, or a containerd 2.x program
+given as ``binary`` (configuration ``version = 3``, see below).
 
 :class:`Containerd` writes its own configuration file into a private
 temporary directory and starts ``containerd --config FILE`` as a child
@@ -35,6 +37,28 @@ A CNI network for the sandboxes is written into :attr:`Containerd.cni_conf_dir`
 between :meth:`Containerd.prepare` (makes the directory and the configuration)
 and :meth:`Containerd.start`: containerd's CRI plugin wants a network
 configuration at start.
+
+containerd 2.x (``binary=``, e.g. one built with ``go install``; the version
+is read from ``BINARY --version``) gets the same settings in a ``version = 3``
+file, where they live in other plugin tables:
+``io.containerd.cri.v1.images`` (snapshotter, the sandbox image as
+``pinned_images.sandbox``, ``registry.config_path``),
+``io.containerd.cri.v1.runtime`` (``restrict_oom_score_adj``, the runc
+runtime with cgroupfs, ``cni.bin_dirs``/``cni.conf_dir``, ``cdi_spec_dirs``
+an empty directory of its own) and ``io.containerd.grpc.v1.cri`` (the
+streaming server). Keys given in ``cri`` are put into the right one. NRI is
+disabled (it would listen on ``/var/run/nri/nri.sock``), and so are the
+snapshotters and differs that cannot work here. containerd looks its shim
+(``containerd-shim-runc-v2``) up on ``PATH``: the directory of ``binary`` comes
+first on the ``PATH`` it is started with, so a shim built beside it is the one
+used. It also keeps its shim sockets and runc state under
+``/run/containerd``, like 1.6. containerd 2.4 reads ``version = 3`` files
+too (its own current version is 4; it logs that it migrated the file).
+
+``mirrors`` (``{"registry.k8s.io": "http://127.0.0.1:5000", ...}``, both
+versions) sends every pull of an image named ``HOST/...`` to the URL instead:
+``certs.d/HOST/hosts.toml`` names the URL as ``server`` (not only as a
+mirror), so containerd never falls back to ``HOST`` itself.
 """
 
 from __future__ import annotations
@@ -44,6 +68,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -62,6 +87,7 @@ __all__ = [
     "Containerd",
     "ContainerdError",
     "containerd_binary",
+    "containerd_major",
     "containerd_version",
     "INSTALL_HINT",
 ]
@@ -87,6 +113,27 @@ _DISABLED_PLUGINS = (
     "io.containerd.tracing.processor.v1.otlp",
 )
 
+#: Also disabled for containerd 2.x: NRI (a socket under /var/run/nri, plugin
+#: dirs under /opt and /etc) and the snapshotters and differs of no use here.
+_DISABLED_PLUGINS_V3 = _DISABLED_PLUGINS + (
+    "io.containerd.nri.v1.nri",
+    "io.containerd.snapshotter.v1.blockfile",
+    "io.containerd.snapshotter.v1.erofs",
+    "io.containerd.differ.v1.erofs",
+)
+
+#: Keys of the 1.x CRI plugin table (``io.containerd.grpc.v1.cri``) that
+#: belong to other tables in a ``version = 3`` configuration; the rest go to
+#: ``io.containerd.cri.v1.runtime``.
+_V3_IMAGE_KEYS = frozenset({
+    "snapshotter", "disable_snapshot_annotations", "discard_unpacked_layers", "max_concurrent_downloads",
+    "image_pull_progress_timeout", "image_pull_with_sync_fs", "stats_collect_period", "use_local_image_pull",
+})
+_V3_SERVER_KEYS = frozenset({
+    "disable_tcp_service", "stream_server_address", "stream_server_port", "stream_idle_timeout",
+    "enable_tls_streaming",
+})
+
 _LIVE: "set[Containerd]" = set()
 
 
@@ -106,6 +153,16 @@ def containerd_version(binary: Optional[str] = None) -> str:
         raise ContainerdError(INSTALL_HINT)
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
     return (out.stdout or out.stderr).strip()
+
+
+def containerd_major(binary: Optional[str] = None) -> int:
+    """The major version of ``binary`` (1 for Debian's 1.6, 2 for 2.x),
+    from ``--version`` (``containerd github.com/... 2.4.2+unknown ...``)."""
+    words = containerd_version(binary).split()
+    match = re.match(r"v?(\d+)\.", words[2] if len(words) > 2 else "")
+    if match is None:
+        raise ContainerdError(f"cannot tell the version of {binary or 'containerd'}: {' '.join(words)!r}")
+    return int(match.group(1))
 
 
 def _toml_value(value: Any) -> str:
@@ -240,8 +297,16 @@ class Containerd(CriClients):
         HTTP (each gets ``certs.d/HOST:PORT/hosts.toml``).
     :param log_level: containerd's log level (``info`` by default, as shipped).
     :param cri: more keys of the ``io.containerd.grpc.v1.cri`` plugin table
-        (e.g. ``{"sandbox_image": ..., "max_concurrent_downloads": 3}``).
-    :param binary: the containerd program (found on PATH by default).
+        (e.g. ``{"sandbox_image": ..., "max_concurrent_downloads": 3}``), as
+        in a 1.x configuration; for 2.x they are moved to the tables where
+        ``version = 3`` has them (``sandbox_image`` becomes
+        ``pinned_images.sandbox``).
+    :param binary: the containerd program (Debian's, found on PATH, by default).
+    :param mirrors: ``{upstream host: URL}``: images named ``HOST/...`` are
+        pulled from ``URL`` (e.g. ``http://127.0.0.1:5000``) and never from
+        the upstream host.
+    :param config_version: ``2`` or ``3``; by default 3 for containerd 2.x
+        and 2 for 1.x (from ``binary --version``).
     """
 
     def __init__(
@@ -250,10 +315,18 @@ class Containerd(CriClients):
         log_level: str = "info",
         cri: Optional[Mapping[str, Any]] = None,
         binary: Optional[str] = None,
+        mirrors: Optional[Mapping[str, str]] = None,
+        config_version: Optional[int] = None,
     ) -> None:
         self.binary = binary or containerd_binary()
         if self.binary is None:
             raise ContainerdError(INSTALL_HINT)
+        if config_version is None:
+            config_version = 3 if containerd_major(self.binary) >= 2 else 2
+        if config_version not in (2, 3):
+            raise ValueError(f"config_version must be 2 or 3, not {config_version!r}")
+        self.config_version = config_version
+        self.mirrors = dict(mirrors or {})
         self.insecure_registries = tuple(insecure_registries)
         self.log_level = log_level
         self.cri_options = dict(cri or {})
@@ -312,6 +385,10 @@ class Containerd(CriClients):
 
     def config_text(self) -> str:
         """The TOML configuration this instance runs with."""
+        return self._config_v3() if self.config_version == 3 else self._config_v2()
+
+    def _config_v2(self) -> str:
+        """``version = 2`` (containerd 1.x)."""
         cri_table = 'plugins."io.containerd.grpc.v1.cri"'
         cri: dict[str, Any] = {
             "restrict_oom_score_adj": True,
@@ -348,18 +425,81 @@ class Containerd(CriClients):
         }
         return _toml_tables(tables)
 
+    def _config_v3(self) -> str:
+        """``version = 3`` (containerd 2.x): the same settings as
+        :meth:`_config_v2`, in the tables where 2.x has them."""
+        images_table = 'plugins."io.containerd.cri.v1.images"'
+        runtime_table = 'plugins."io.containerd.cri.v1.runtime"'
+        server_table = 'plugins."io.containerd.grpc.v1.cri"'
+        images: dict[str, Any] = {"snapshotter": "overlayfs", "discard_unpacked_layers": False}
+        pinned: dict[str, Any] = {}
+        runtime: dict[str, Any] = {
+            "restrict_oom_score_adj": True,
+            "enable_selinux": False,
+            "cdi_spec_dirs": [self._path("cdi")],
+        }
+        server: dict[str, Any] = {
+            "disable_tcp_service": True,
+            "stream_server_address": "127.0.0.1",
+            "stream_server_port": "0",
+        }
+        for key, value in self.cri_options.items():
+            if key == "sandbox_image":
+                pinned["sandbox"] = value
+            elif key in _V3_IMAGE_KEYS:
+                images[key] = value
+            elif key in _V3_SERVER_KEYS:
+                server[key] = value
+            else:
+                runtime[key] = value
+        tables: dict[str, dict[str, Any]] = {
+            "": {
+                "version": 3,
+                "root": self.root,
+                "state": self.state,
+                "temp": self._path("tmp"),
+                "oom_score": 0,
+                "disabled_plugins": list(_DISABLED_PLUGINS_V3),
+            },
+            "grpc": {"address": self.socket},
+            "ttrpc": {"address": self.socket + ".ttrpc"},
+            "debug": {"address": "", "level": self.log_level},
+            "metrics": {"address": ""},
+            images_table: images,
+            f"{images_table}.pinned_images": pinned,
+            f"{images_table}.registry": {"config_path": self._path("certs.d")},
+            runtime_table: runtime,
+            f"{runtime_table}.containerd": {"default_runtime_name": "runc"},
+            f"{runtime_table}.containerd.runtimes.runc": {"runtime_type": "io.containerd.runc.v2"},
+            f"{runtime_table}.containerd.runtimes.runc.options": {"SystemdCgroup": False},
+            f"{runtime_table}.cni": {"bin_dirs": ["/usr/lib/cni"], "conf_dir": self._path("net.d")},
+            server_table: server,
+            'plugins."io.containerd.internal.v1.opt"': {"path": self._path("opt")},
+        }
+        if not pinned:
+            del tables[f"{images_table}.pinned_images"]
+        return _toml_tables(tables)
+
+    def _write_hosts(self, host: str, url: str) -> None:
+        """``certs.d/HOST/hosts.toml``: pulls of ``HOST/...`` go to ``url``
+        (plain HTTP when it says ``http://``), which is also the ``server``:
+        no fallback to ``HOST`` itself."""
+        hdir = self._path("certs.d", host)
+        os.makedirs(hdir, exist_ok=True)
+        with open(os.path.join(hdir, "hosts.toml"), "w") as f:
+            f.write(
+                f"server = {_toml_value(url)}\n\n"
+                f"[host.{_toml_value(url)}]\n"
+                '  capabilities = ["pull", "resolve"]\n'
+            )
+
     def _write_files(self) -> None:
-        for sub in ("root", "state", "tmp", "net.d", "certs.d", "opt"):
+        for sub in ("root", "state", "tmp", "net.d", "certs.d", "opt", "cdi"):
             os.makedirs(self._path(sub), exist_ok=True)
         for host in self.insecure_registries:
-            hdir = self._path("certs.d", host)
-            os.makedirs(hdir, exist_ok=True)
-            with open(os.path.join(hdir, "hosts.toml"), "w") as f:
-                f.write(
-                    f"server = {_toml_value('http://' + host)}\n\n"
-                    f"[host.{_toml_value('http://' + host)}]\n"
-                    '  capabilities = ["pull", "resolve"]\n'
-                )
+            self._write_hosts(host, "http://" + host)
+        for host, url in self.mirrors.items():
+            self._write_hosts(host, url)
         with open(self.config_path, "w") as f:
             f.write(self.config_text())
 
@@ -386,7 +526,11 @@ class Containerd(CriClients):
             return self
         self.prepare()
         try:
-            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": self.base}
+            path = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            here = os.path.dirname(os.path.abspath(self.binary))
+            if here not in path:
+                path.insert(0, here)  # its shim (containerd-shim-runc-v2) first
+            env = {"PATH": ":".join(path), "HOME": self.base}
             self.process = spawn_logged([self.binary, "--config", self.config_path], self.log_path, env=env,
                                         cwd=self.base)
             _LIVE.add(self)
