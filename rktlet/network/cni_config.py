@@ -66,6 +66,10 @@ def parse_network(path: str, data: bytes) -> NetworkConfig:
     for i, plugin in enumerate(plugins):
         if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str) or not plugin["type"]:
             raise CNIConfigError(f"{path}: plugin {i} has no 'type'")
+        if any(c in plugin["type"] for c in "/\\") or plugin["type"] in (".", ".."):
+            # A type names a program in the plugin directories, never a path
+            # (as libcni refuses it): "../../bin/x" must not run anything else.
+            raise CNIConfigError(f"{path}: plugin {i} type {plugin['type']!r} is not a plugin name")
     return NetworkConfig(name=name, path=path, cni_version=str(doc.get("cniVersion", "0.4.0")), plugins=tuple(plugins))
 
 

@@ -52,10 +52,15 @@ class RecordStore(Generic[T]):
                 continue
             try:
                 with open(path, "rb") as f:
-                    yield self._from_json(json.load(f))
-            except (OSError, ValueError, TypeError) as e:
+                    doc = json.load(f)
+                if not isinstance(doc, dict):
+                    raise ValueError(f"a record is a JSON object, not {type(doc).__name__}")
+                record = self._from_json(doc)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 log.error("unreadable record {path}: {error}; moved to {path}.bad", path=path, error=e)
                 os.rename(path, path + ".bad")
+                continue
+            yield record
 
 
 def PodStore(root: str) -> RecordStore[Sandbox]:

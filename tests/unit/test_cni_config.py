@@ -49,6 +49,8 @@ def test_empty_or_missing_dir(tmp_path):
         ({"cniVersion": "1.0.0", "plugins": []}, "non-empty list"),
         ({"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}]}, "missing network 'name'"),
         ({"name": "n", "plugins": [{"bridge": "x"}]}, "plugin 0 has no 'type'"),
+        ({"name": "n", "plugins": [{"type": "../../../bin/sh"}]}, "is not a plugin name"),
+        ({"name": "n", "plugins": [{"type": "bridge"}, {"type": ".."}]}, "plugin 1 type '..' is not a plugin name"),
     ],
 )
 def test_unusable_configs_are_named(tmp_path, bin_dir, doc, message):

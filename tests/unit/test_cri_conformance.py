@@ -176,3 +176,20 @@ def test_cgroup_file_parsers():
     assert _blkio_v1(b"8:0 Read 4096\n8:0 Write 0\nTotal 4096\n") == {(8, 0): {"Read": 4096, "Write": 0}}
     nbytes, ops = _io_v2(b"8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0\n")
     assert nbytes == {(8, 0): {"Read": 1, "Write": 2}} and ops == {(8, 0): {"Read": 3, "Write": 4}}
+
+
+# -- records ---------------------------------------------------------------------
+
+
+def test_a_record_that_is_json_but_not_an_object_is_set_aside(tmp_path):
+    from rktlet.pod.store import ContainerStore
+
+    store = ContainerStore(str(tmp_path))
+    assert list(store.load()) == []  # makes the directory, as at start-up
+    good = _container(id="a" * 64)
+    store.save(good)
+    for name, text in (("b" * 64, "[1, 2]"), ("c" * 64, '{"id": 5}'), ("d" * 64, "{")):
+        (tmp_path / "containers" / f"{name}.json").write_text(text)
+    assert [c.id for c in store.load()] == [good.id]
+    assert sorted(p.name for p in (tmp_path / "containers").glob("*.bad")) == [
+        f"{n * 64}.json.bad" for n in "bcd"]
