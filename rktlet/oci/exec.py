@@ -114,6 +114,27 @@ DEFAULT_WINDOW = (80, 24)
 
 _TRUNCATED_NOTE = "\n... {stream} truncated at {limit} MiB by rktlet\n"
 
+#: What stdout and stderr of one ExecSync may add up to: its response must
+#: fit in one 16 MiB gRPC message (the kubelet's receive limit, and ours),
+#: with room for the truncation notes and the message's own framing.
+EXEC_SYNC_RESPONSE_BUDGET = (16 << 20) - 4096
+
+
+def fit_response(stdout: bytes, stderr: bytes, budget: int) -> tuple[bytes, bytes, bool, bool]:
+    """Cut *stdout* and *stderr* so that together they fit *budget* bytes:
+    a stream within half the budget is kept whole and the other gets the
+    rest; otherwise each gets half. Returns both and whether each was cut."""
+    if len(stdout) + len(stderr) <= budget:
+        return stdout, stderr, False, False
+    half = budget // 2
+    if len(stderr) <= half:
+        keep_out, keep_err = budget - len(stderr), len(stderr)
+    elif len(stdout) <= half:
+        keep_out, keep_err = len(stdout), budget - len(stdout)
+    else:
+        keep_out, keep_err = half, budget - half
+    return stdout[:keep_out], stderr[:keep_err], keep_out < len(stdout), keep_err < len(stderr)
+
 #: The reaper run around ``runc exec --detach`` (argv: pid file, then runc's
 #: argv). It must become a subreaper before runc starts the command, reaps
 #: whatever it inherits, and writes one line on fd 3: ``exit <code>`` (128 +
@@ -644,11 +665,16 @@ async def exec_sync(reactor: Any, runtime: OCIRuntime, container_id: str, bundle
         raise DeadlineExceeded(f"command {_describe(cmd)} timed out after {timeout:g}s")
     if result.runc_error:
         raise RuntimeFailure(f"exec in container {container_id}: {result.runc_error}")
-    stderr = bytes(err.data)
-    for name, stream in (("stdout", out), ("stderr", err)):
-        if stream.dropped:
-            stderr += _TRUNCATED_NOTE.format(stream=name, limit=limit >> 20).encode()
-    return result.exit_code, bytes(out.data), stderr
+    stdout, stderr = bytes(out.data), bytes(err.data)
+    cut_out = cut_err = False
+    if limit:
+        stdout, stderr, cut_out, cut_err = fit_response(stdout, stderr, min(EXEC_SYNC_RESPONSE_BUDGET, 2 * limit))
+    notes = b""
+    for name, stream, cut, kept in (("stdout", out, cut_out, stdout), ("stderr", err, cut_err, stderr)):
+        if stream.dropped or cut:
+            size = len(kept) if cut else limit
+            notes += _TRUNCATED_NOTE.format(stream=name, limit=round(size / (1 << 20))).encode()
+    return result.exit_code, stdout, stderr + notes
 
 
 # ---------------------------------------------------------------------------

@@ -63,6 +63,14 @@ def test_exec_sync_and_timeout(crictl, web):
     result = crictl.run("exec", "-s", "--timeout", "1", cid, "sleep", "30", check=False)
     assert result.returncode != 0 and time.monotonic() - started < 15
     assert "timed out" in (result.stdout + result.stderr).lower() or "deadline" in result.stderr.lower()
+    # Output over the caps on both streams still comes back, truncated, in
+    # one gRPC message (crictl's receive limit is 16 MiB, like the kubelet's).
+    result = crictl.run("exec", "-s", cid, "sh", "-c",
+                        "head -c 17000000 /dev/zero; head -c 17000000 /dev/zero >&2", check=False, text=False)
+    assert result.returncode == 0, result.stderr[-500:]
+    both = result.stdout + result.stderr  # crictl prints the two streams together
+    assert (16 << 20) - 8192 < len(both) < 16 << 20
+    assert b"stdout truncated at 8 MiB" in both and b"stderr truncated at 8 MiB" in both
 
 
 def _pty_session(argv, send: bytes, expect: bytes, timeout: float = 20) -> bytes:

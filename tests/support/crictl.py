@@ -36,8 +36,9 @@ class Crictl:
         if not os.path.exists(config_path):
             open(config_path, "w").close()
 
-    def run(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        """``crictl ARGS``; raises with crictl's output when it fails and *check*."""
+    def run(self, *args: str, check: bool = True, timeout: float = 60, text: bool = True) -> subprocess.CompletedProcess:
+        """``crictl ARGS``; raises with crictl's output when it fails and
+        *check*. With *text* false, the output is bytes."""
         argv = [
             self.binary,
             "--config", self.config_path,
@@ -46,9 +47,9 @@ class Crictl:
             "--timeout", "30s",
             *args,
         ]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(argv, capture_output=True, text=text, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"crictl {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(f"crictl {' '.join(args)} failed ({result.returncode}):\n{result.stdout!r}\n{result.stderr!r}")
         return result
 
     def json(self, command: str, *args: str) -> Any:

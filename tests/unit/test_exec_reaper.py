@@ -228,3 +228,12 @@ async def test_interactive_start_failure_fails_done(runtime, bundle):
     assert failed.done.called
     failed.done.addErrback(lambda f: None)
     failed.terminate()  # harmless
+
+
+def test_exec_sync_output_fits_one_grpc_message():
+    from rktlet.oci.exec import fit_response
+
+    assert fit_response(b"ab", b"c", 3) == (b"ab", b"c", False, False)
+    assert fit_response(b"x" * 10, b"e", 6) == (b"x" * 5, b"e", True, False)  # stderr small: stdout gets the rest
+    assert fit_response(b"o", b"y" * 10, 6) == (b"o", b"y" * 5, False, True)
+    assert fit_response(b"x" * 10, b"y" * 10, 6) == (b"x" * 3, b"y" * 3, True, True)
