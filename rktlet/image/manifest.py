@@ -122,7 +122,10 @@ def _descriptor(doc: Any, where: str) -> Descriptor:
     parsed_platform = None
     if isinstance(plat, dict):
         parsed_platform = Platform(str(plat.get("os", "")), str(plat.get("architecture", "")), str(plat.get("variant", "")))
-    return Descriptor(str(doc.get("mediaType", "")), digest, size, parsed_platform, tuple(doc.get("urls") or ()))
+    urls = doc.get("urls") or []
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise InvalidArgument(f"{where}: descriptor {digest} urls is not a list of strings")
+    return Descriptor(str(doc.get("mediaType", "")), digest, size, parsed_platform, tuple(urls))
 
 
 def parse_manifest(media_type: str, body: bytes, where: str) -> ImageManifest | ImageIndex:
@@ -202,6 +205,16 @@ class ImageConfig:
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+def _object(value: Any, where: str, field: str) -> dict[str, Any]:
+    """An optional JSON object of an image config (absent or null: empty);
+    any other type is the image's fault, named."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{where}: image config {field} is a {type(value).__name__}, not an object")
+    return value
+
+
 def parse_config(body: bytes, where: str) -> ImageConfig:
     """Parse an image config blob."""
     try:
@@ -214,9 +227,11 @@ def parse_config(body: bytes, where: str) -> ImageConfig:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):
         raise InvalidArgument(f"{where}: image config has no rootfs.diff_ids")
-    for d in diff_ids:
+    for i, d in enumerate(diff_ids):
+        if not isinstance(d, str):
+            raise InvalidArgument(f"{where}: image config rootfs.diff_ids[{i}] is not a string")
         validate_digest(d)
-    c = doc.get("config") or {}
+    c = _object(doc.get("config"), where, "config")
 
     def strings(value: Any) -> tuple[str, ...]:
         return tuple(str(v) for v in value) if isinstance(value, list) else ()
@@ -229,9 +244,9 @@ def parse_config(body: bytes, where: str) -> ImageConfig:
         cmd=strings(c.get("Cmd")),
         working_dir=str(c.get("WorkingDir") or ""),
         stop_signal=str(c.get("StopSignal") or ""),
-        labels={str(k): str(v) for k, v in (c.get("Labels") or {}).items()},
-        exposed_ports=tuple(sorted(c.get("ExposedPorts") or {})),
-        volumes=tuple(sorted(c.get("Volumes") or {})),
+        labels={str(k): str(v) for k, v in _object(c.get("Labels"), where, "config.Labels").items()},
+        exposed_ports=tuple(sorted(_object(c.get("ExposedPorts"), where, "config.ExposedPorts"))),
+        volumes=tuple(sorted(_object(c.get("Volumes"), where, "config.Volumes"))),
         raw=doc,
     )
 

@@ -193,3 +193,35 @@ def test_a_record_that_is_json_but_not_an_object_is_set_aside(tmp_path):
     assert [c.id for c in store.load()] == [good.id]
     assert sorted(p.name for p in (tmp_path / "containers").glob("*.bad")) == [
         f"{n * 64}.json.bad" for n in "bcd"]
+
+
+# -- hostile image documents ---------------------------------------------------------
+
+_DIFF_ID = "sha256:" + "1" * 64
+
+
+@pytest.mark.parametrize("doc,field", [
+    ({"rootfs": {"diff_ids": [5]}}, "diff_ids[0]"),
+    ({"rootfs": {"diff_ids": [_DIFF_ID]}, "config": []}, "config is a list"),
+    ({"rootfs": {"diff_ids": [_DIFF_ID]}, "config": {"Labels": ["a"]}}, "config.Labels"),
+    ({"rootfs": {"diff_ids": [_DIFF_ID]}, "config": {"ExposedPorts": [80, "x"]}}, "config.ExposedPorts"),
+    ({"rootfs": {"diff_ids": [_DIFF_ID]}, "config": {"Volumes": "/data"}}, "config.Volumes"),
+])
+def test_image_configs_of_the_wrong_shape_are_invalid_argument_naming_the_field(doc, field):
+    import json
+
+    from rktlet.image.manifest import parse_config
+
+    with pytest.raises(InvalidArgument, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(json.dumps(doc).encode(), "registry/app:1")
+
+
+def test_descriptor_urls_of_the_wrong_shape_are_invalid_argument():
+    import json
+
+    from rktlet.image.manifest import OCI_MANIFEST, parse_manifest
+
+    config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _DIFF_ID, "size": 2, "urls": 7}
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": []}).encode()
+    with pytest.raises(InvalidArgument, match="urls"):
+        parse_manifest(OCI_MANIFEST, body, "registry/app:1")
