@@ -501,7 +501,9 @@ def _registry_words(body: bytes, status: int, phrase: str) -> tuple[set[str], st
     if not parts:
         text = body.decode("utf-8", "replace").strip()
         if text and doc is None:
-            parts.append(" ".join(text.split())[:300])
+            # Someone else's words in our errors and logs: printable, short.
+            printable = "".join(ch for ch in text if ch.isprintable() or ch.isspace())
+            parts.append(" ".join(printable.split())[:200])
     if not parts:
         parts.append(f"HTTP {status} {phrase}".strip())
     return codes, "; ".join(parts)
@@ -964,6 +966,11 @@ class RegistryClient:
             raise PermissionDenied(f"registry {netloc} named an unusable token realm {realm!r}")
         headers = {"Accept": "application/json"}
         body: bytes | None = None
+        if creds is not None and (creds.identity_token or creds.basic()) and self._plain_http_forbidden(realm):
+            raise PermissionDenied(
+                f"registry {netloc} named a plain-HTTP token realm {realm!r}: credentials are not sent over "
+                f"plain HTTP to a host not configured insecure (--insecure-registry)"
+            )
         if creds is not None and creds.identity_token:
             method = "POST"
             url = realm
@@ -978,7 +985,7 @@ class RegistryClient:
             pair = creds.basic() if creds is not None else None
             if pair is not None:
                 headers["Authorization"] = _basic(pair)
-        response, final_url = await self._follow(method, url, headers, body)
+        response, final_url = await self._follow(method, url, headers, body, secret_body=body is not None)
         data = await self._discard(response, final_url)
         if response.code in (401, 403):
             _, words = _registry_words(data, response.code, _phrase(response))
@@ -1035,10 +1042,21 @@ class RegistryClient:
 
     # -- HTTP plumbing --------------------------------------------------------------------
 
+    def _plain_http_forbidden(self, url: str) -> bool:
+        """Whether secrets must not go to *url*: plain HTTP to a host that is
+        not configured insecure."""
+        parts = urlsplit(url)
+        return parts.scheme == "http" and not self._is_insecure(parts.netloc)
+
     async def _follow(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None = None, secret_body: bool = False
     ) -> tuple[IResponse, str]:
-        """Send a request, following redirects; returns the final response and URL."""
+        """Send a request, following redirects; returns the final response and URL.
+
+        Credentials never follow a redirect to another host or down to plain
+        HTTP (the ``Authorization`` header is dropped); a request whose
+        *secret_body* carries them (a refresh-token POST) is not re-sent
+        there at all."""
         current = url
         headers = dict(headers)
         for hop in range(MAX_REDIRECTS + 1):
@@ -1054,9 +1072,16 @@ class RegistryClient:
             target = urljoin(current, location)
             if urlsplit(target).scheme not in ("http", "https"):
                 raise RuntimeFailure(f"{current} redirected to an unsupported URL {target!r}")
-            if urlsplit(target).netloc.lower() != urlsplit(current).netloc.lower():
-                # Credentials are for the registry, never for blob storage elsewhere.
+            elsewhere = urlsplit(target).netloc.lower() != urlsplit(current).netloc.lower()
+            downgraded = urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http"
+            if elsewhere or downgraded:
+                # Credentials are for the registry, never for blob storage
+                # elsewhere, and never for plain HTTP once TLS was asked for.
                 headers.pop("Authorization", None)
+                if secret_body and response.code in (307, 308):
+                    raise PermissionDenied(
+                        f"{current} redirected a request carrying credentials to {target}; not sent there"
+                    )
             if response.code == 303:
                 method, body = "GET", None
             log.debug("{url} redirects to {target}", url=current, target=target)

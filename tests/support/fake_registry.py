@@ -110,7 +110,17 @@ class TokenServer(Resource):
         self.requests: list[Recorded] = []
         #: token -> scope it grants.
         self.issued: dict[str, str] = {}
+        #: (status, base URL): answer every request with a redirect there.
+        self.redirect_to: tuple[int, str] | None = None
         self._serial = 0
+
+    def _redirected(self, request: Request) -> bool:
+        if self.redirect_to is None:
+            return False
+        code, base = self.redirect_to
+        request.setResponseCode(code)
+        request.setHeader(b"location", (base + request.uri.decode()).encode())
+        return True
 
     def _issue(self, scope: str, access_token_field: bool = False) -> bytes:
         self._serial += 1
@@ -139,6 +149,8 @@ class TokenServer(Resource):
     def render_POST(self, request: Request) -> bytes:
         rec = _record(request)
         self.requests.append(rec)
+        if self._redirected(request):
+            return b""
         request.setHeader(b"content-type", b"application/json")
         if rec.args.get("grant_type") != "refresh_token" or rec.args.get("refresh_token") not in self.refresh_tokens:
             request.setResponseCode(401)

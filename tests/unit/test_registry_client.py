@@ -437,6 +437,28 @@ async def test_basic_auth_wrong_or_missing_credentials(env):
     assert "none were given" in str(exc)
 
 
+@pytest_twisted.ensureDeferred
+async def test_credentials_never_go_to_a_plain_http_token_realm_of_a_secure_host(env):
+    fake, served, image, ref, tokens = bearer_setup(env, users={"alice": "s3cret"}, anonymous=False)
+    token_host = fake.token_realm.split("/")[2]
+    client = env.client(is_insecure=lambda host: host != token_host)
+    exc = await expect(client.get_manifest(ref, ACCEPT, Credentials(username="alice", password="s3cret")),
+                       PermissionDenied)
+    assert "plain-HTTP token realm" in str(exc) and "s3cret" not in str(exc)
+    assert tokens.requests == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refresh_token_post_is_not_resent_to_another_host(env):
+    fake, served, image, ref, tokens = bearer_setup(env, refresh_tokens={"refresh-me"}, anonymous=False)
+    elsewhere = TokenServer(refresh_tokens={"refresh-me"})
+    tokens.redirect_to = (307, env.servers.listen(elsewhere).url)
+    client = env.client()
+    exc = await expect(client.get_manifest(ref, ACCEPT, Credentials(identity_token="refresh-me")), PermissionDenied)
+    assert "carrying credentials" in str(exc)
+    assert len(tokens.requests) == 1 and elsewhere.requests == []
+
+
 # -- redirects ---------------------------------------------------------------------------------
 
 
