@@ -163,6 +163,14 @@ OPTIONS: tuple[Option, ...] = (
         "cancel an image pull that receives no data for this long (seconds, or 30s/5m/1h)",
         _duration,
     ),
+    Option("nri-socket", "", "unix socket NRI plugins connect to (made mode 0600, its directory 0700); empty: no NRI"),
+    Option("nri-request-timeout", 2.0, "time an NRI plugin has to answer one event (seconds, or 30s/5m/1h)", _duration),
+    Option(
+        "nri-sync-timeout",
+        10.0,
+        "time an NRI plugin has to answer Synchronize with every pod and container (seconds, or 30s/5m/1h)",
+        _duration,
+    ),
     Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
 )
 
@@ -188,6 +196,9 @@ class Config:
     insecure_registry: tuple[str, ...] = field(default=OPTIONS_BY_KEY["insecure-registry"].default)
     registry_mirror: tuple[str, ...] = field(default=OPTIONS_BY_KEY["registry-mirror"].default)
     pull_progress_timeout: float = OPTIONS_BY_KEY["pull-progress-timeout"].default
+    nri_socket: str = OPTIONS_BY_KEY["nri-socket"].default
+    nri_request_timeout: float = OPTIONS_BY_KEY["nri-request-timeout"].default
+    nri_sync_timeout: float = OPTIONS_BY_KEY["nri-sync-timeout"].default
     log_level: str = OPTIONS_BY_KEY["log-level"].default
     config_file: str | None = None
 

@@ -14,7 +14,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from rktlet import config as config_module
-from rktlet import logs, sdnotify
+from rktlet import __version__, logs, sdnotify
 from rktlet.config import OPTIONS, Config
 from rktlet.cri.bridge import ReactorBridge
 from rktlet.cri.dispatch import generic_handler
@@ -28,6 +28,7 @@ from rktlet.image.manager import ImageManager
 from rktlet.image.registry import RegistryClient
 from rktlet.image.store import ImageStore
 from rktlet.network.cni import CNI
+from rktlet.nri.runtime import NRI
 from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
 from rktlet.oci.conmon import Conmon
@@ -158,6 +159,12 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             runtimes, conmons, layout,
         )
         in_use.append(containers.layers_in_use)
+        nri = None
+        if config.nri_socket:
+            nri = NRI(reactor, config.nri_socket, lambda: (sandboxes.list(), containers.list()),
+                      runtime_version=__version__, request_timeout=config.nri_request_timeout,
+                      sync_timeout=config.nri_sync_timeout)
+            sandboxes.nri = containers.nri = nri
         streams = StreamService(
             reactor,
             config.stream_address,
@@ -175,6 +182,8 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
     bridge = ReactorBridge(reactor)
     top = MultiService()
     streams.setServiceParent(top)  # listening before the RPCs that hand out its URLs are served
+    if nri is not None:
+        nri.setServiceParent(top)  # plugins may connect (and synchronize) before the CRI is served
     grpc_service = GrpcServerService(
         claim,
         [

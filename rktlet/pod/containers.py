@@ -109,6 +109,10 @@ class ContainerManager:
         self._host = HostInfo.probe()  # what the spec builder needs to know of this host, read once
         sandboxes.stop_containers = self.stop_pod_containers
         sandboxes.remove_containers = self.remove_pod_containers
+        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI);
+        # containers whose NRI CreateContainer is in progress are hidden.
+        self.nri: Any = None
+        self._nri_hidden: set[str] = set()
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -158,9 +162,12 @@ class ContainerManager:
     def find(self, id_or_prefix: str) -> Container | None:
         """The container with this id or unique prefix, if any."""
         if id_or_prefix in self.containers:
-            return self.containers[id_or_prefix]
-        found = ids.resolve(id_or_prefix, self.containers, "container")
-        return self.containers[found] if found else None
+            found: str | None = id_or_prefix
+        else:
+            found = ids.resolve(id_or_prefix, self.containers, "container")
+        if found is None or found in self._nri_hidden:  # NRI: not made yet
+            return None
+        return self.containers[found]
 
     def get(self, id_or_prefix: str) -> Container:
         """Like :meth:`find`; a missing container is :class:`NotFound`."""
@@ -191,6 +198,8 @@ class ContainerManager:
             sandbox_id = sb.id
         out = []
         for c in candidates:
+            if c.id in self._nri_hidden:  # NRI: not made yet
+                continue
             if sandbox_id and c.sandbox_id != sandbox_id:
                 continue
             if state is not None and c.state != state:
@@ -242,6 +251,8 @@ class ContainerManager:
         )
         self._by_key[key] = container_id
         self.containers[container_id] = c
+        if self.nri is not None:
+            self._nri_hidden.add(container_id)
         lowers = [self._images.store.layer_diff_dir(chain) for chain in reversed(record.chain_ids)]
         try:
             spec, notes, user = await self._in_thread(
@@ -253,13 +264,20 @@ class ContainerManager:
                       "username": user.username}
             c.resources = spec.get("linux", {}).get("resources", {})
             self._store.save(c)
+            if self.nri is not None:
+                # NRI hook: the container becomes visible once every plugin agreed.
+                await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_hidden.discard(container_id))
         except BaseException:
+            self._nri_hidden.discard(container_id)
+            self._store.delete(container_id)
             self.containers.pop(container_id, None)
             self._by_key.pop(key, None)
             await self._in_thread(self._remove_files, c)
             raise
         log.info("container {id} ({name}) created in pod {pod}", id=container_id, name=config.name, pod=sb.id)
         self._publish(event_kinds.CREATED, c)
+        if self.nri is not None:
+            self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
         return c
 
     def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
@@ -319,6 +337,9 @@ class ContainerManager:
             if c.log_path:
                 os.makedirs(os.path.dirname(c.log_path), exist_ok=True)
 
+            if self.nri is not None:
+                await self.nri.start_container(sb, c)  # NRI hook: a plugin error fails the start
+
             def into_pod_cgroup(pid: int) -> None:
                 # conmon lives in the pod's cgroup, never the daemon's: restarting
                 # the daemon's service must not take the monitors with it.
@@ -347,6 +368,8 @@ class ContainerManager:
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
             self._publish(event_kinds.STARTED, c)
+            if self.nri is not None:
+                self.nri.notify(self.nri.post_start_container(sb, c))  # NRI hook
             return c
         finally:
             lock.release()
@@ -405,6 +428,8 @@ class ContainerManager:
         self._store.save(c)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
         self._publish(event_kinds.STOPPED, c)
+        if self.nri is not None and (sb := self._sandboxes.find(c.sandbox_id)) is not None:
+            self.nri.notify(self.nri.stop_container(sb, c))  # NRI hook: asked to stop or not
 
     # -- StopContainer / RemoveContainer ----------------------------------------------------
 
@@ -471,6 +496,8 @@ class ContainerManager:
             self._locks.pop(c.id, None)
             self._released.discard(c.id)
             log.info("container {id} ({name}) removed", id=c.id, name=c.name)
+            if self.nri is not None and sb is not None:
+                await self.nri.remove_container(sb, c)  # NRI hook
             self._publish(event_kinds.DELETED, c)
         finally:
             lock.release()

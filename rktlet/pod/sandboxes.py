@@ -91,6 +91,8 @@ class SandboxManager:
         # Set by the container side: stops / removes a pod's containers.
         self.stop_containers: Callable[[Sandbox, bool], Awaitable[None]] | None = None
         self.remove_containers: Callable[[Sandbox], Awaitable[None]] | None = None
+        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
+        self.nri: Any = None
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -271,6 +273,10 @@ class SandboxManager:
                 process = await infra.start(self._reactor, sb.namespaces)
                 sb.infra_pid, sb.infra_start_time = process.pid, process.start_time
                 await self._in_thread(cgroups.add_process, self._cgroups, sb.cgroup_parent, process.pid)
+            if self.nri is not None:
+                # NRI hook: plugins see the pod before anyone else; it becomes
+                # READY (visible) only once they all agreed (an error undoes it).
+                await self.nri.run_pod_sandbox(sb, commit=lambda: setattr(sb, "state", READY))
             sb.state = READY
             self._store.save(sb)
         except BaseException as e:
@@ -330,6 +336,8 @@ class SandboxManager:
         async def stop(sb: Sandbox) -> None:
             if self.stop_containers is not None:
                 await self.stop_containers(sb, False)
+            if self.nri is not None and sb.state == READY:
+                await self.nri.stop_pod_sandbox(sb)  # NRI hook: once, containers stopped, pod still there
             await self._teardown(sb, remove=False)
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
@@ -344,9 +352,13 @@ class SandboxManager:
         async def remove(sb: Sandbox) -> None:
             if self.stop_containers is not None:
                 await self.stop_containers(sb, True)
+            if self.nri is not None and sb.state == READY:
+                await self.nri.stop_pod_sandbox(sb)  # NRI hook: removed without a stop first
             if self.remove_containers is not None:
                 await self.remove_containers(sb)
             await self._teardown(sb, remove=True)
+            if self.nri is not None:
+                await self.nri.remove_pod_sandbox(sb)  # NRI hook
             self._store.delete(sb.id)
             self._forget(sb)
             log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)

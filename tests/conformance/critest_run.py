@@ -14,8 +14,9 @@ In one process, as root:
    path;
 3. starts rktlet (:class:`tests.support.daemon.Daemon`) with a CNI bridge
    network and ``--registry-mirror HOST=http://127.0.0.1:PORT`` for every
-   upstream host;
-4. runs critest with a Ginkgo JSON report, then (full runs only) the
+   upstream host, and NRI on a socket in the work directory;
+4. runs critest with a Ginkgo JSON report (``-nri-socket``: the NRI specs
+   run too), then (full runs only) the
    Streaming specs once more with ``-websocket-exec -websocket-attach
    -websocket-portforward``;
 5. removes every pod, stops rktlet and the registry by PID, removes the
@@ -28,7 +29,6 @@ In one process, as root:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -55,18 +55,6 @@ SKIPS: tuple[str, ...] = (
 
 #: The second pass: the streaming specs again, over WebSocket instead of SPDY.
 WEBSOCKET_FLAGS = ("-websocket-exec", "-websocket-attach", "-websocket-portforward")
-
-CLONE_NEWNET = 0x40000000
-
-
-def enter_private_network() -> None:
-    """Move this process into a new network namespace with only ``lo`` (up)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-
 
 def shm_ids() -> set[str]:
     """IDs of the System V shared memory segments of this IPC namespace."""
@@ -207,6 +195,7 @@ def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: 
     from tests.support.network import TestNetwork
     from tests.support.pods import remove_all_pods
     from tests.support.processes import reap_orphans
+    from tests.support.netns import enter_private_network
     from tests.support.registry import LocalRegistry
 
     def on_term(signum, frame):  # run the finally clauses on SIGTERM too
@@ -233,7 +222,9 @@ def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: 
         mirrors: list[str] = []
         for host in UPSTREAM_HOSTS:
             mirrors += ["--registry-mirror", f"{host}={registry.url}"]
-        daemon = Daemon(extra_args=mirrors)
+        # NRI: rktlet serves plugins here and critest's NRI specs connect to it.
+        nri_socket = os.path.join(work, "nri", "nri.sock")
+        daemon = Daemon(extra_args=mirrors + ["--nri-socket", nri_socket])
         network = TestNetwork(daemon.cni_conf_dir, name=f"critest-{os.getpid()}")
         network.write()
         daemon.start()
@@ -243,7 +234,7 @@ def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: 
         config = os.path.join(work, "crictl.yaml")
         with open(config, "w") as f:
             f.write(f"runtime-endpoint: unix://{daemon.socket}\nimage-endpoint: unix://{daemon.socket}\n")
-        passes = [("", parallel, list(focus), [f"--config={config}", *extra])]
+        passes = [("", parallel, list(focus), [f"--config={config}", f"-nri-socket={nri_socket}", *extra])]
         if websocket and not focus and not extra:
             passes.append(("websocket", 1, ["Streaming"], [f"--config={config}", *WEBSOCKET_FLAGS]))
         summary.update({"passes": [], "counts": {}, "failures": [], "skips_with_reason": []})

@@ -11,11 +11,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "rktlet"
 # For each layer, the rktlet layers it must not import.
 FORBIDDEN = {
     "pod": {"cri", "stream", "tap"},
-    "oci": {"cri", "stream", "pod", "tap", "network", "image"},
-    "network": {"cri", "stream", "pod", "tap", "oci", "image"},
-    "image": {"cri", "stream", "pod", "tap", "oci", "network"},
-    "stream": {"cri", "tap"},
-    "cri": {"stream", "tap"},
+    "oci": {"cri", "stream", "pod", "tap", "network", "image", "nri"},
+    "network": {"cri", "stream", "pod", "tap", "oci", "image", "nri"},
+    "image": {"cri", "stream", "pod", "tap", "oci", "network", "nri"},
+    "nri": {"cri", "stream", "pod", "tap", "oci", "network", "image"},
+    "stream": {"cri", "tap", "nri"},
+    "cri": {"stream", "tap", "nri"},
 }
 # The CRI RPCs that prepare streaming sessions build the session requests
 # the streaming server defines: that one module of types is shared.

@@ -9,10 +9,11 @@ and fails when the committed modules differ.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 import tempfile
+
+from rktlet import protogen
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 PROTO_ROOT = REPO / "protos"
@@ -59,12 +60,7 @@ def generate(output_root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=pathlib.Path, default=OUTPUT_ROOT)
-    args = parser.parse_args(argv)
-    for path in generate(args.output):
-        print(path)
-    return 0
+    return protogen.main(generate, __doc__, OUTPUT_ROOT, argv)
 
 
 if __name__ == "__main__":
