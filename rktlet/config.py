@@ -116,6 +116,48 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(value: Any) -> int:
+    """A byte count: an integer, or a number with a binary unit (``64Ki``,
+    ``4Mi``, ``32Gi``, ``1Ti``; ``K``/``KiB``/``M``/``MB``... mean the same)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a byte count like 4194304 or 4Mi, got {value!r}")
+    if isinstance(value, int):
+        number, unit = value, 1
+    else:
+        text = str(value).strip().lower()
+        for suffix in ("ib", "b", "i"):
+            if text.endswith(suffix) and len(text) > len(suffix):
+                text = text[: -len(suffix)]
+                break
+        unit = _SIZE_UNITS.get(text[-1:], None) if text[-1:].isalpha() else 1
+        digits = text[:-1] if text[-1:].isalpha() else text
+        try:
+            number = float(digits)
+        except ValueError:
+            number = None  # type: ignore[assignment]
+        if unit is None or number is None:
+            raise ValueError(f"expected a byte count like 4194304 or 4Mi, got {value!r}")
+    result = int(number * unit)
+    if result <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return result
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ValueError(f"expected a positive whole number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"must be positive, got {value!r}")
+    return number
+
+
 def _path_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         parts = [str(v) for v in value]
@@ -143,6 +185,8 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option("default-network-subnet", "10.88.0.0/16", "subnet of the default CNI network rktlet writes when the conf dir is empty", _cidr),
+    Option("cni-del-retry-interval", 60.0,
+           "how often a failed CNI DEL of a removed pod is tried again (seconds, or 30s/5m/1h)", _duration),
     Option(
         "insecure-registry",
         (),
@@ -163,6 +207,17 @@ OPTIONS: tuple[Option, ...] = (
         "cancel an image pull that receives no data for this long (seconds, or 30s/5m/1h)",
         _duration,
     ),
+    Option(
+        "max-image-bytes",
+        32 << 30,
+        "refuse an image whose layers hold more bytes of files than this (per layer and in all; 4194304, 512Mi, 32Gi)",
+        _size,
+    ),
+    Option("max-image-inodes", 2_000_000, "refuse an image whose layers hold more inodes (files, dirs...) than this", _count),
+    Option("max-image-layers", 128, "refuse an image with more layers than this", _count),
+    Option("max-image-config-size", 4 << 20, "refuse an image whose config blob is larger than this (bytes, or 4Mi)", _size),
+    Option("max-manifest-size", 4 << 20, "refuse a manifest or index larger than this (bytes, or 4Mi)", _size),
+    Option("max-concurrent-downloads", 3, "layer downloads in flight at once, across all pulls", _count),
     Option("nri-socket", "", "unix socket NRI plugins connect to (made mode 0600, its directory 0700); empty: no NRI"),
     Option("nri-request-timeout", 2.0, "time an NRI plugin has to answer one event (seconds, or 30s/5m/1h)", _duration),
     Option(
@@ -193,9 +248,16 @@ class Config:
     runtime: str = OPTIONS_BY_KEY["runtime"].default
     runtime_handler: tuple[str, ...] = field(default=OPTIONS_BY_KEY["runtime-handler"].default)
     default_network_subnet: str = OPTIONS_BY_KEY["default-network-subnet"].default
+    cni_del_retry_interval: float = OPTIONS_BY_KEY["cni-del-retry-interval"].default
     insecure_registry: tuple[str, ...] = field(default=OPTIONS_BY_KEY["insecure-registry"].default)
     registry_mirror: tuple[str, ...] = field(default=OPTIONS_BY_KEY["registry-mirror"].default)
     pull_progress_timeout: float = OPTIONS_BY_KEY["pull-progress-timeout"].default
+    max_image_bytes: int = OPTIONS_BY_KEY["max-image-bytes"].default
+    max_image_inodes: int = OPTIONS_BY_KEY["max-image-inodes"].default
+    max_image_layers: int = OPTIONS_BY_KEY["max-image-layers"].default
+    max_image_config_size: int = OPTIONS_BY_KEY["max-image-config-size"].default
+    max_manifest_size: int = OPTIONS_BY_KEY["max-manifest-size"].default
+    max_concurrent_downloads: int = OPTIONS_BY_KEY["max-concurrent-downloads"].default
     nri_socket: str = OPTIONS_BY_KEY["nri-socket"].default
     nri_request_timeout: float = OPTIONS_BY_KEY["nri-request-timeout"].default
     nri_sync_timeout: float = OPTIONS_BY_KEY["nri-sync-timeout"].default
@@ -306,6 +368,8 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     return f'"{value}"'
 
 

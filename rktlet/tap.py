@@ -24,7 +24,7 @@ from rktlet.cri.runtime_service import RuntimeService
 from rktlet.cri.server import GrpcServerService
 from rktlet.cri.socket_claim import claim_socket
 from rktlet.errors import RktletError, StartupError
-from rktlet.image.manager import ImageManager
+from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
 from rktlet.image.store import ImageStore
 from rktlet.network.cni import CNI
@@ -131,10 +131,18 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         images = ImageManager(
             reactor,
             ImageStore(config.root),
-            RegistryClient(reactor, config.is_insecure_registry, config.mirrors),
+            RegistryClient(reactor, config.is_insecure_registry, config.mirrors,
+                           max_manifest_size=config.max_manifest_size),
             threadpool,
             pull_progress_timeout=config.pull_progress_timeout,
             layers_in_use=lambda: in_use[0]() if in_use else (),
+            limits=ImageLimits(
+                max_bytes=config.max_image_bytes,
+                max_inodes=config.max_image_inodes,
+                max_layers=config.max_image_layers,
+                max_config_size=config.max_image_config_size,
+                max_concurrent_downloads=config.max_concurrent_downloads,
+            ),
         )
         sandboxes = SandboxManager(
             reactor,

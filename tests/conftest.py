@@ -13,9 +13,8 @@ import os
 import pytest
 
 from tests.support.crictl import Crictl, find_crictl
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, serve
 from tests.support.pods import remove_all_pods
-from tests.support.processes import MONITOR_NAMES, reap_orphans
 from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
@@ -67,13 +66,7 @@ def host_network_state():
 @pytest.fixture
 def daemon():
     """A started rktlet; stopped by PID and its dirs removed afterwards."""
-    d = Daemon()
-    try:
-        yield d.start()
-    finally:
-        remove_all_pods(d)
-        d.cleanup()
-        reap_orphans(MONITOR_NAMES)
+    yield from serve(Daemon())
 
 
 @pytest.fixture

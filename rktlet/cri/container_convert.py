@@ -42,7 +42,7 @@ def resources(r: pb.LinuxContainerResources) -> Resources:
 
 def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfig, str]:
     """Validate a CreateContainer request; returns the config and the log
-    path (pod log directory + the config's relative log path)."""
+    path, relative to the pod's log directory ('' for none)."""
     if not request.pod_sandbox_id:
         raise InvalidArgument("pod_sandbox_id is required")
     if not request.HasField("config"):
@@ -52,14 +52,12 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         raise InvalidArgument("config.metadata.name is required")
     if not c.image.image:
         raise InvalidArgument("config.image.image is required")
-    log_path = ""
-    if c.log_path:
-        if os.path.isabs(c.log_path) or ".." in c.log_path.split("/"):
-            raise InvalidArgument(f"config.log_path {c.log_path!r} must be relative to the pod's log directory, without '..'")
-        directory = request.sandbox_config.log_directory
-        if not directory or not os.path.isabs(directory):
-            raise InvalidArgument("sandbox_config.log_directory must be an absolute path when config.log_path is set")
-        log_path = os.path.join(directory, c.log_path)
+    # Relative to the pod's log directory as RunPodSandbox recorded it (the
+    # engine joins them): never the request's sandbox_config, which a client
+    # may fill with any directory.
+    log_path = c.log_path
+    if log_path and (os.path.isabs(log_path) or ".." in log_path.split("/") or "\0" in log_path):
+        raise InvalidArgument(f"config.log_path {log_path!r} must be relative to the pod's log directory, without '..'")
     mounts = []
     for i, m in enumerate(c.mounts):
         if not m.container_path or not os.path.isabs(m.container_path):

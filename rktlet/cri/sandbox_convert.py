@@ -59,6 +59,9 @@ def sandbox_spec(request: pb.RunPodSandboxRequest) -> SandboxSpec:
                 raise InvalidArgument(f"{where}.host_ip: {p.host_ip!r} is not an IP address") from None
         ports.append(PortSpec(p.container_port, p.host_port, known(_PROTOCOLS, p.protocol, f"{where}.protocol", pb.Protocol),
                               p.host_ip))
+    directory = config.log_directory
+    if directory and (not directory.startswith("/") or ".." in directory.split("/") or "\0" in directory):
+        raise InvalidArgument(f"config.log_directory {directory!r} must be an absolute path without '..'")
     digest = hashlib.sha256(config.SerializeToString(deterministic=True))
     digest.update(request.runtime_handler.encode())
     return SandboxSpec(

@@ -5,29 +5,40 @@ platform from an index), the config and every missing layer — downloads run
 concurrently, each verified against its digest, then unpacked in a thread —
 and records the image only when all of it is in place. Pulls of the same
 reference, and downloads of the same layer, in flight at once are done once.
-A pull whose downloads receive nothing for ``pull_progress_timeout`` seconds
-is cancelled; one that keeps moving, however slowly, is not.
+A pull whose downloads (or unpacking) make no progress for
+``pull_progress_timeout`` seconds is cancelled; one that keeps moving,
+however slowly, is not.
+
+Every chain id and blob digest a pull has found or made is pinned until its
+image record is written, so an image removal or garbage collection running
+meanwhile never takes them away.
+
+Images are bounded (:class:`ImageLimits`): layers, config size, bytes and
+inodes of the unpacked layers (each layer, and all of them together, are
+charged as they unpack); layer downloads across all pulls are limited to a
+few at once.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import logs
 from rktlet.deferutil import Shared, all_or_nothing, finished
-from rktlet.errors import DeadlineExceeded, DigestMismatch, NotFound, RktletError
+from rktlet.errors import DeadlineExceeded, DigestMismatch, NotFound, ResourceExhausted, RktletError
 from rktlet.image import manifest as manifests
 from rktlet.image import reference as references
 from rktlet.image.registry import Credentials, RegistryClient
 from rktlet.image.store import ImageRecord, ImageStore, LayerInfo, delete_paths, usage
-from rktlet.image.unpack import unpack_layer
+from rktlet.image.unpack import Budget, Control, Limits, unpack_layer
 
 log = logs.logger("rktlet.image")
 
@@ -37,6 +48,25 @@ PROGRESS_LOG_INTERVAL = 10.0
 USAGE_CACHE_SECONDS = 10.0
 
 
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may hold (see the ``max-*`` options).
+
+    :ivar max_bytes: bytes of files its unpacked layers hold (each layer, and
+        all of them together).
+    :ivar max_inodes: inodes likewise (a layer's tar entries too).
+    :ivar max_layers: layers in its manifest.
+    :ivar max_config_size: bytes of its config blob (parsed in memory).
+    :ivar max_concurrent_downloads: layer downloads at once, all pulls together.
+    """
+
+    max_bytes: int = 32 << 30
+    max_inodes: int = 2_000_000
+    max_layers: int = 128
+    max_config_size: int = 4 << 20
+    max_concurrent_downloads: int = 3
+
+
 @dataclass
 class LayerProgress:
     """One layer of a pull: bytes done of total, and what is happening."""
@@ -44,7 +74,7 @@ class LayerProgress:
     digest: str
     total: int
     done: int = 0
-    state: str = "waiting"  # waiting, downloading, unpacking, done, present
+    state: str = "waiting"  # waiting, queued, downloading, unpacking, done, present
     changed: float = 0.0
 
 
@@ -65,14 +95,16 @@ class PullProgress:
         times = [self.changed] + [layer.changed for layer in self.layers.values()]
         return max(times)
 
-    def busy_unpacking(self) -> bool:
-        return any(layer.state == "unpacking" for layer in self.layers.values())
+    def queued(self) -> bool:
+        return any(layer.state == "queued" for layer in self.layers.values())
 
     def summary(self) -> str:
         done = sum(layer.done for layer in self.layers.values())
         total = sum(layer.total for layer in self.layers.values())
         finished_layers = sum(layer.state in ("done", "present") for layer in self.layers.values())
-        return f"{self.phase}, {finished_layers}/{len(self.layers)} layers, {_mib(done)} of {_mib(total)}"
+        busy = Counter(layer.state for layer in self.layers.values() if layer.state not in ("done", "present"))
+        states = f" ({', '.join(f'{n} {state}' for state, n in sorted(busy.items()))})" if busy else ""
+        return f"{self.phase}, {finished_layers}/{len(self.layers)} layers{states}, {_mib(done)} of {_mib(total)}"
 
     def as_info(self, now: float) -> dict[str, Any]:
         return {
@@ -103,6 +135,7 @@ class ImageManager:
     :param unpack: the layer unpacker (``unpack_layer``), replaceable in tests.
     :param layers_in_use: returns the chain ids that containers use, so
         garbage collection keeps them.
+    :param limits: the caps on an image's content.
     """
 
     def __init__(
@@ -115,6 +148,7 @@ class ImageManager:
         platform: manifests.Platform | None = None,
         unpack: Callable[..., Any] = unpack_layer,
         layers_in_use: Callable[[], Sequence[str]] = lambda: (),
+        limits: ImageLimits | None = None,
     ) -> None:
         self._reactor = reactor
         self.store = store
@@ -130,6 +164,15 @@ class ImageManager:
         self._layer_progress: dict[str, list[LayerProgress]] = {}
         self._configs: dict[str, manifests.ImageConfig] = {}
         self._usage: tuple[float, int, int] | None = None
+        self.limits = limits or ImageLimits()
+        self._downloads = DeferredSemaphore(self.limits.max_concurrent_downloads)
+        # When any layer download last received data (queued layers wait for it).
+        self._download_activity = 0.0
+        # Chain ids and blob digests pulls in flight have found or made.
+        self._pinned_layers: Counter[str] = Counter()
+        self._pinned_blobs: Counter[str] = Counter()
+        # The unpacks running, by chain id: their control and the offset last seen.
+        self._unpacks: dict[str, list[Any]] = {}
 
     def close(self) -> Deferred:
         """Close the registry client's pooled connections (at shutdown)."""
@@ -191,8 +234,15 @@ class ImageManager:
             operation = Deferred.fromCoroutine(self._pull(ref, credentials))
             shared = Shared(operation)
             self._pulls[key] = shared
-            operation.addBoth(lambda result: (self._pulls.pop(key, None), result)[1])
+            # Attached after storing: a pull that fails at once must not stay.
+            operation.addBoth(self._forget_job, self._pulls, key, shared)
         return shared.wait()
+
+    @staticmethod
+    def _forget_job(result: Any, jobs: dict[str, Shared], key: str, job: Shared) -> Any:
+        if jobs.get(key) is job:
+            del jobs[key]
+        return result
 
     async def _pull(self, ref: references.Reference, credentials: Credentials | None) -> ImageRecord:
         now = self._reactor.seconds()
@@ -203,8 +253,17 @@ class ImageManager:
         stalled: list[str] = []
 
         def watch() -> None:
-            idle = self._reactor.seconds() - progress.last_activity()
-            if idle >= self._timeout and not progress.busy_unpacking():
+            now = self._reactor.seconds()
+            for chain_id, layer in progress.layers.items():
+                if layer.state == "unpacking":
+                    self._poll_unpack(chain_id)
+            activity = progress.last_activity()
+            if progress.queued():
+                # Waiting for a download slot is progress while the downloads
+                # holding the slots receive data.
+                activity = max(activity, self._download_activity)
+            idle = now - activity
+            if idle >= self._timeout:
                 stalled.append(f"pull of {ref} made no progress for {idle:.0f}s ({progress.summary()}); cancelled")
                 work.cancel()
 
@@ -237,6 +296,30 @@ class ImageManager:
         return record
 
     async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
+        pins: tuple[list[str], list[str]] = ([], [])
+        try:
+            return await self._pull_pinned(ref, credentials, progress, pins)
+        finally:
+            layers, blobs = pins
+            self._pinned_layers.subtract(layers)
+            self._pinned_blobs.subtract(blobs)
+            self._pinned_layers += Counter()  # drops the zero counts
+            self._pinned_blobs += Counter()
+
+    def _pin(self, pins: tuple[list[str], list[str]], layers: Sequence[str] = (), blobs: Sequence[str] = ()) -> None:
+        pins[0].extend(layers)
+        pins[1].extend(blobs)
+        self._pinned_layers.update(layers)
+        self._pinned_blobs.update(blobs)
+
+    async def _pull_pinned(
+        self,
+        ref: references.Reference,
+        credentials: Credentials | None,
+        progress: PullProgress,
+        pins: tuple[list[str], list[str]],
+    ) -> ImageRecord:
+        limits = self.limits
         top = await self._registry.get_manifest(ref, manifests.ACCEPT, credentials)
         progress.touch(self._reactor.seconds())
         where = top.source
@@ -253,9 +336,24 @@ class ImageManager:
             if not isinstance(parsed, manifests.ImageManifest):
                 raise NotFound(f"{where}: index entry {chosen.digest} is not an image manifest")
         assert isinstance(parsed, manifests.ImageManifest)
+        if len(parsed.layers) > limits.max_layers:
+            raise ResourceExhausted(
+                f"{where}: the image has {len(parsed.layers)} layers, over the limit of {limits.max_layers} "
+                f"(max-image-layers)")
+        config_digest = parsed.config.digest
+        if parsed.config.size > limits.max_config_size:
+            raise ResourceExhausted(
+                f"{where}: config {config_digest} is {parsed.config.size} bytes, over the limit of "
+                f"{limits.max_config_size} (max-image-config-size)")
+        layer_limits = Limits(max_bytes=limits.max_bytes, max_inodes=limits.max_inodes)
+        for layer in parsed.layers:
+            if layer.size > (layer_limits.max_stream or 0):
+                raise ResourceExhausted(
+                    f"{where}: layer {layer.digest} is {layer.size} bytes compressed, more than an image of at most "
+                    f"{limits.max_bytes} bytes of files can hold (max-image-bytes)")
+        self._pin(pins, blobs=[top.digest, platform_manifest.digest, config_digest])
         progress.phase = "config"
         progress.touch(self._reactor.seconds())
-        config_digest = parsed.config.digest
         if not self.store.has_blob(config_digest):
             path = self.store.ingest_path()
             try:
@@ -271,7 +369,14 @@ class ImageManager:
                 f"lists {len(config.diff_ids)} diff ids"
             )
         chain = manifests.chain_ids(config.diff_ids)
+        self._pin(pins, layers=chain)
         progress.phase = "layers"
+        # The image's budget: what its present layers hold, then what its new ones add as they unpack.
+        budget = Budget(limits.max_bytes, limits.max_inodes)
+        for chain_id in chain:
+            if (info := self.store.layer(chain_id)) is not None:
+                budget.bytes += info.size
+                budget.inodes += info.inodes
         jobs = []
         for i, layer in enumerate(parsed.layers):
             lp = LayerProgress(layer.digest, layer.size, changed=self._reactor.seconds())
@@ -279,9 +384,11 @@ class ImageManager:
             if self.store.layer(chain[i]) is not None:
                 lp.state, lp.done = "present", layer.size
                 continue
-            jobs.append(self._layer(ref, credentials, layer, config.diff_ids[i], chain[i], chain[i - 1] if i else "", lp))
+            jobs.append(self._layer(ref, credentials, layer, config.diff_ids[i], chain[i], chain[i - 1] if i else "",
+                                    lp, Limits(limits.max_bytes, limits.max_inodes, budget)))
         if jobs:
             await all_or_nothing(jobs)
+        self._check_totals(ref, parsed.layers, chain)
         progress.phase = "recording"
         for digest, body in ((top.digest, top.body), (platform_manifest.digest, platform_manifest.body)):
             self.store.put_blob(digest, body)
@@ -302,6 +409,21 @@ class ImageManager:
         self._usage = None
         return self.store.put_image(record)
 
+    def _check_totals(self, ref: references.Reference, layers: Sequence[manifests.Descriptor], chain: Sequence[str]) -> None:
+        """Refuse an image whose layers, together, are over the limits (layers
+        another pull unpacked were charged to that pull's image)."""
+        size = inodes = 0
+        for layer, chain_id in zip(layers, chain):
+            info = self.store.layer(chain_id)
+            if info is None:
+                raise NotFound(f"layer {layer.digest} of {ref} vanished before the image was recorded")
+            size += info.size
+            inodes += info.inodes
+            if size > self.limits.max_bytes or inodes > self.limits.max_inodes:
+                what = (f"more than {self.limits.max_bytes} bytes of files (max-image-bytes)"
+                        if size > self.limits.max_bytes else f"more than {self.limits.max_inodes} inodes (max-image-inodes)")
+                raise ResourceExhausted(f"layer {layer.digest} of {ref}: with it the image holds {what}")
+
     def _layer(
         self,
         ref: references.Reference,
@@ -311,22 +433,27 @@ class ImageManager:
         chain_id: str,
         parent: str,
         progress: LayerProgress,
+        limits: Limits,
     ) -> Deferred:
         """Fetch and unpack one layer, shared with any pull already doing it."""
         watchers = self._layer_progress.setdefault(chain_id, [])
         watchers.append(progress)
         job = self._layer_jobs.get(chain_id)
         if job is None:
-            operation = Deferred.fromCoroutine(self._fetch_layer(ref, credentials, layer, diff_id, chain_id, parent))
+            operation = Deferred.fromCoroutine(
+                self._fetch_layer(ref, credentials, layer, diff_id, chain_id, parent, limits))
+            job = Shared(operation)
+            self._layer_jobs[chain_id] = job
 
+            # Attached only now: a job that fails at once (before any await)
+            # must not stay stored as failed, or no later pull would retry it.
             def forget(result: Any) -> Any:
-                self._layer_jobs.pop(chain_id, None)
-                self._layer_progress.pop(chain_id, None)
+                if self._layer_jobs.get(chain_id) is job:
+                    del self._layer_jobs[chain_id]
+                    self._layer_progress.pop(chain_id, None)
                 return result
 
             operation.addBoth(forget)
-            job = Shared(operation)
-            self._layer_jobs[chain_id] = job
 
         def detach(result: Any) -> Any:
             if progress in self._layer_progress.get(chain_id, []):
@@ -344,6 +471,17 @@ class ImageManager:
                 lp.done = done
             lp.changed = now
 
+    def _poll_unpack(self, chain_id: str) -> None:
+        """Count an unpack that moved since the last look as progress."""
+        watched = self._unpacks.get(chain_id)
+        if watched is not None and watched[0].offset != watched[1]:
+            watched[1] = watched[0].offset
+            self._set_layer(chain_id)
+
+    def _download_progress(self, chain_id: str, done: int) -> None:
+        self._download_activity = self._reactor.seconds()
+        self._set_layer(chain_id, done=done)
+
     async def _fetch_layer(
         self,
         ref: references.Reference,
@@ -352,39 +490,60 @@ class ImageManager:
         diff_id: str,
         chain_id: str,
         parent: str,
+        limits: Limits,
     ) -> None:
         blob = self.store.ingest_path()
-        self._set_layer(chain_id, "downloading")
+        self._set_layer(chain_id, "queued")
         try:
-            await self._registry.get_blob(
-                ref, layer.digest, blob, credentials,
-                progress=lambda done, total: self._set_layer(chain_id, done=done),
-                expected_size=layer.size,
-            )  # fmt: skip
+            await self._downloads.acquire()
+            try:
+                self._set_layer(chain_id, "downloading")
+                await self._registry.get_blob(
+                    ref, layer.digest, blob, credentials,
+                    progress=lambda done, total: self._download_progress(chain_id, done),
+                    expected_size=layer.size,
+                )  # fmt: skip
+            finally:
+                self._downloads.release()
             self._set_layer(chain_id, "unpacking")
             tmp_dir = self.store.new_layer_dir()
+            control = Control()
+            self._unpacks[chain_id] = [control, 0]
             unpacking = Shared(
                 # The compression is told by the blob's magic bytes, not the
                 # media type: registries do mislabel layers.
-                self._in_thread(self._unpack, blob, os.path.join(tmp_dir, "diff"), None),
+                self._in_thread(self._unpack_one, blob, os.path.join(tmp_dir, "diff"), limits, control,
+                                f"layer {layer.digest} of {ref}"),
                 cancel_when_abandoned=False,
             )
             try:
-                result = await unpacking.wait()
+                try:
+                    result = await unpacking.wait()
+                except ResourceExhausted as e:
+                    if "no space left" in str(e):
+                        raise
+                    raise ResourceExhausted(f"{e} (limits: max-image-bytes, max-image-inodes)") from None
                 if result.diff_id != diff_id:
                     raise DigestMismatch(
                         f"layer {layer.digest} of {ref} unpacks to {result.diff_id}, but the image config says {diff_id}"
                     )
                 self.store.commit_layer(tmp_dir, LayerInfo(chain_id, diff_id, parent, result.size, result.inodes))
             except BaseException:
-                await finished(unpacking)  # the thread cannot be stopped: let it end before cleaning up
+                control.cancel()  # the thread stops at its next chunk or entry
+                await finished(unpacking)  # let it end before cleaning up
                 await self._in_thread(delete_paths, [tmp_dir])
                 raise
+            finally:
+                self._unpacks.pop(chain_id, None)
             self._set_layer(chain_id, "done")
             log.info("layer {digest} of {image} unpacked ({size})", digest=layer.digest, image=str(ref), size=_mib(result.size))
         finally:
             if os.path.exists(blob):
                 os.unlink(blob)
+
+    def _unpack_one(self, blob: str, target: str, limits: Limits, control: Control, name: str) -> Any:
+        # In a thread. The compression is told by the blob's magic bytes.
+        return self._unpack(blob, target, None, limits=limits, control=control, name=name)
 
     # -- removal and usage ------------------------------------------------------
 
@@ -402,8 +561,10 @@ class ImageManager:
 
     async def collect_garbage(self) -> None:
         """Delete layers and blobs that no image or container uses."""
-        in_flight = set(self._layer_jobs)
-        dirs, files = self.store.garbage(list(self._layers_in_use()) + list(in_flight))
+        # Pulls in flight keep what they found or made until their image is
+        # recorded (a layer job that ended is no longer in _layer_jobs).
+        in_flight = set(self._layer_jobs) | set(self._pinned_layers)
+        dirs, files = self.store.garbage(list(self._layers_in_use()) + list(in_flight), set(self._pinned_blobs))
         self._usage = None
         if dirs or files:
             await self._in_thread(delete_paths, dirs, files)

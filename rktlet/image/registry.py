@@ -563,6 +563,7 @@ class RegistryClient:
         within a body) before an attempt fails.
     :param retries: attempts in all for a transient failure on the registry.
     :param backoff: first pause between attempts; it doubles each time.
+    :param max_manifest_size: bytes a manifest or index may have.
     """
 
     def __init__(
@@ -575,8 +576,10 @@ class RegistryClient:
         idle_timeout: float = 60,
         retries: int = 3,
         backoff: float = 0.5,
+        max_manifest_size: int = MAX_MANIFEST_SIZE,
     ) -> None:
         self._reactor = reactor
+        self._max_manifest_size = max_manifest_size
         self._is_insecure = is_insecure
         self._mirrors = {domain: tuple(u.rstrip("/") for u in urls) for domain, urls in mirrors.items()}
         self._connect_timeout = connect_timeout
@@ -721,19 +724,21 @@ class RegistryClient:
             if response.code != 200:
                 await self._fail_for_status(response, final_url, what, source, ref.path)
             announced = response.length
-            if announced is not UNKNOWN_LENGTH and announced > MAX_MANIFEST_SIZE:
+            limit = self._max_manifest_size
+            if announced is not UNKNOWN_LENGTH and announced > limit:
                 await self._discard(response, final_url)
                 raise ResourceExhausted(
-                    f"manifest of {what} at {final_url} is {announced} bytes, over the {MAX_MANIFEST_SIZE} byte limit"
+                    f"manifest of {what} at {final_url} is {announced} bytes, over the {limit} byte limit"
+                    " (max-manifest-size)"
                 )
             chunks: list[bytes] = []
             await self._read(
                 response,
                 final_url,
                 chunks.append,
-                limit=MAX_MANIFEST_SIZE,
+                limit=limit,
                 on_limit=lambda n: ResourceExhausted(
-                    f"manifest of {what} at {final_url} exceeds the {MAX_MANIFEST_SIZE} byte limit"
+                    f"manifest of {what} at {final_url} exceeds the {limit} byte limit (max-manifest-size)"
                 ),
             )
             body = b"".join(chunks)

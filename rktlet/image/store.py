@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from rktlet import logs
 from rktlet.errors import InvalidArgument
-from rktlet.fsutil import read_json, write_json_atomic
+from rktlet.fsutil import PRIVATE_DIR, make_dir, read_json, write_json_atomic
 from rktlet.image import reference as references
 
 log = logs.logger("rktlet.image.store")
@@ -110,8 +110,10 @@ class ImageStore:
 
         :returns: paths of directories to remove (in a thread).
         """
-        for d in (self.blobs_dir, self.ingest_dir, self.layers_dir):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+        # 0700 whatever an older daemon made: unpacked layers may hold
+        # setuid files, blobs private images; host users reach neither.
+        for d in (self.dir, os.path.dirname(self.blobs_dir), self.blobs_dir, self.ingest_dir, self.layers_dir):
+            make_dir(d, PRIVATE_DIR)
         for name in os.listdir(self.ingest_dir):
             os.unlink(os.path.join(self.ingest_dir, name))
         doc = read_json(self._records_path, {}) or {}
@@ -180,7 +182,8 @@ class ImageStore:
     def new_layer_dir(self) -> str:
         """A temporary directory to unpack a layer into; its ``diff/`` exists."""
         path = os.path.join(self.layers_dir, _TMP_PREFIX + uuid.uuid4().hex)
-        os.makedirs(os.path.join(path, "diff"), mode=0o755)
+        os.mkdir(path, PRIVATE_DIR)
+        os.mkdir(os.path.join(path, "diff"), 0o755)  # the layer's "/"; its mode comes from the layer
         return path
 
     def commit_layer(self, tmp_dir: str, info: LayerInfo) -> None:
@@ -240,14 +243,17 @@ class ImageStore:
         if self.images.pop(record.id, None) is not None:
             self._save()
 
-    def garbage(self, layers_in_use: Iterable[str] = ()) -> tuple[list[str], list[str]]:
-        """Layers and blobs that no image (and no container) refers to.
+    def garbage(self, layers_in_use: Iterable[str] = (), blobs_in_use: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+        """Layers and blobs that no image (and no container, and no pull in
+        flight: *layers_in_use*, *blobs_in_use*) refers to.
 
-        Forgets them at once (so a pull racing the removal re-fetches), and
+        Forgets them at once: layers are renamed and blobs moved to the
+        ingest directory out of sight (so a pull racing the removal fetches
+        them again rather than finding them and losing them later), and
         returns ``(directories, files)`` to delete in a thread.
         """
         wanted_layers = set(layers_in_use)
-        wanted_blobs = set()
+        wanted_blobs = set(blobs_in_use)
         for record in self.images.values():
             wanted_layers.update(record.chain_ids)
             wanted_blobs.update({record.id, record.manifest_digest, record.index_digest})
@@ -261,7 +267,12 @@ class ImageStore:
         files = []
         for name in os.listdir(self.blobs_dir):
             if f"sha256:{name}" not in wanted_blobs:
-                files.append(os.path.join(self.blobs_dir, name))
+                doomed = self.ingest_path()  # emptied at start-up, should we die first
+                try:
+                    os.rename(os.path.join(self.blobs_dir, name), doomed)
+                except FileNotFoundError:
+                    continue
+                files.append(doomed)
         return dirs, files
 
 def delete_paths(dirs: Iterable[str], files: Iterable[str] = ()) -> None:

@@ -50,6 +50,17 @@ Security policy (the layer is untrusted input, even with a good digest):
   :class:`~rktlet.errors.InvalidArgument` naming the blob.  A tar cut exactly
   between entries cannot be told from a complete one: the caller's check of
   the returned ``diff_id`` against the image config catches it.
+* Budgets (:class:`Limits`): bytes of file content (checked from each
+  header before its data is written, so a decompression bomb is stopped
+  before it lands), inodes and tar entries per layer, the length of the
+  uncompressed stream, and an image-wide :class:`Budget` several layers
+  unpacking at once charge together; over one is
+  :class:`~rktlet.errors.ResourceExhausted` naming the entry and the limit.
+* A :class:`Control` shows another thread how far the stream has been read
+  (a watchdog tells a working unpack from a stuck one) and cancels the
+  unpack at its next chunk or entry (:class:`UnpackCancelled`).
+* Work is linear in the entries: a replaced directory drops its pending
+  times in O(depth) (they are kept as a tree), not by scanning them all.
 * The layer may hold setuid binaries and device nodes: the caller must keep
   the layer store itself unreachable for unprivileged host users (mode 0700
   on its root), as containerd does.
@@ -70,6 +81,7 @@ import os
 import posixpath
 import shutil
 import stat
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Generator, Iterator
@@ -79,9 +91,12 @@ from typing import BinaryIO
 
 import zstandard
 
-from rktlet.errors import HostileContent, InvalidArgument, NotFound, ResourceExhausted
+from rktlet.errors import HostileContent, InvalidArgument, NotFound, ResourceExhausted, RktletError
 
-__all__ = ["UnpackResult", "detect_compression", "unpack_layer", "COMPRESSIONS"]
+__all__ = [
+    "Budget", "COMPRESSIONS", "Control", "Limits", "UnpackCancelled", "UnpackResult", "detect_compression",
+    "unpack_layer",
+]
 
 #: The compressions :func:`unpack_layer` understands.
 COMPRESSIONS = ("gzip", "zstd", "none")
@@ -104,6 +119,11 @@ _MAX_DEPTH = 256
 # Directory fds kept open between entries (most layers list a directory's
 # children together, so a small cache makes parent lookups free).
 _MAX_CACHED_DIRS = 128
+# With byte and inode limits, the tar stream may exceed the content by this
+# much per allowed entry (header, padding, a PAX record) plus a fixed slack
+# (a few large extension headers).
+_STREAM_OVERHEAD_PER_ENTRY = 2048
+_STREAM_SLACK = 64 << 20
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -126,6 +146,86 @@ _HEADER_ONLY_TYPES = (_LNK, _SYM, _CHR, _BLK, _DIR, _FIFO)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnpackCancelled(RktletError):
+    """The unpacking was cancelled through its :class:`Control`."""
+
+
+class Budget:
+    """Bytes and inodes that several layers (one image's) may use together.
+
+    Charged from unpacking threads, hence the lock.
+
+    :param max_bytes: bytes of file content, ``None`` for no limit.
+    :param max_inodes: inodes, ``None`` for no limit.
+    :param what: how messages name the limit (``"the image's"``).
+    """
+
+    def __init__(self, max_bytes: int | None, max_inodes: int | None, what: str = "the image's") -> None:
+        self.max_bytes = max_bytes
+        self.max_inodes = max_inodes
+        self.what = what
+        self.bytes = 0
+        self.inodes = 0
+        self._lock = threading.Lock()
+
+    def charge(self, nbytes: int, inodes: int) -> str | None:
+        """Add *nbytes* and *inodes* (negative: freed); returns why that is
+        over the budget (then nothing is charged), else ``None``."""
+        with self._lock:
+            if self.max_bytes is not None and nbytes > 0 and self.bytes + nbytes > self.max_bytes:
+                return f"{self.what} layers together hold more than {self.max_bytes} bytes of files"
+            if self.max_inodes is not None and inodes > 0 and self.inodes + inodes > self.max_inodes:
+                return f"{self.what} layers together hold more than {self.max_inodes} inodes"
+            self.bytes += nbytes
+            self.inodes += inodes
+            return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Budgets of one layer's unpacking; ``None`` is unlimited.
+
+    :ivar max_bytes: bytes of file content written (replaced files count).
+    :ivar max_inodes: inodes the layer holds, and tar entries it may have.
+    :ivar shared: a :class:`Budget` charged as well (the image's).
+
+    The uncompressed tar stream itself may be longer than the content by
+    what headers need (:data:`_STREAM_OVERHEAD_PER_ENTRY` per allowed entry
+    plus :data:`_STREAM_SLACK`) and no more.
+    """
+
+    max_bytes: int | None = None
+    max_inodes: int | None = None
+    shared: Budget | None = None
+
+    @property
+    def max_stream(self) -> int | None:
+        if self.max_bytes is None or self.max_inodes is None:
+            return None
+        return self.max_bytes + self.max_inodes * _STREAM_OVERHEAD_PER_ENTRY + _STREAM_SLACK
+
+
+class Control:
+    """Watching and stopping an unpack running in another thread.
+
+    :ivar offset: bytes of the uncompressed tar stream consumed so far (the
+        owner polls it to tell a working unpack from a stuck one).
+    """
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self.offset = 0
+
+    def cancel(self) -> None:
+        """Make the unpack stop (soon: at its next chunk or entry) with
+        :class:`UnpackCancelled`."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
 
 
 @dataclass(frozen=True)
@@ -160,19 +260,34 @@ def detect_compression(path: str) -> str:
     return "none"
 
 
-def unpack_layer(blob_path: str, target: str, compression: str | None = None) -> UnpackResult:
+def unpack_layer(
+    blob_path: str,
+    target: str,
+    compression: str | None = None,
+    *,
+    limits: Limits | None = None,
+    control: Control | None = None,
+    name: str | None = None,
+) -> UnpackResult:
     """Unpack the layer blob at *blob_path* into the empty directory *target*.
 
     Blocking; run it in a worker thread.  *compression* is ``"gzip"``,
     ``"zstd"``, ``"none"`` or ``None`` to detect it from the magic bytes.
     On failure *target* may hold part of the layer: the caller removes it.
+    *limits* bounds what the layer may create; *control* lets another thread
+    follow the progress and cancel; *name* is how errors name the layer
+    (default ``layer blob <blob_path>``).
 
     :raises HostileContent: an entry tries to reach outside *target*.
     :raises InvalidArgument: the stream is corrupt or truncated, or an entry
         is of an unsupported kind or cannot be created as written.
     :raises NotFound: *blob_path* does not exist.
-    :raises ResourceExhausted: the file system is full.
+    :raises ResourceExhausted: the file system is full, or a limit of
+        *limits* is reached (the message names it).
+    :raises UnpackCancelled: *control* was cancelled.
     """
+    limits = limits or Limits()
+    what = name or f"layer blob {blob_path}"
     if compression is None:
         compression = detect_compression(blob_path)
     sources = {"gzip": _gunzip, "zstd": _unzstd, "none": _plain}
@@ -181,20 +296,22 @@ def unpack_layer(blob_path: str, target: str, compression: str | None = None) ->
     try:
         blob = open(blob_path, "rb", buffering=0)
     except FileNotFoundError:
-        raise NotFound(f"layer blob {blob_path} does not exist") from None
+        raise NotFound(f"{what} does not exist") from None
     chunks = sources[compression](blob)
     with blob, closing(chunks):
-        stream = _Stream(chunks)
-        with _Extractor(target, blob_path) as extractor:
+        stream = _Stream(chunks, limits.max_stream, control, what)
+        with _Extractor(target, what, limits) as extractor:
             try:
                 reader = _TarReader(stream)
                 while (entry := reader.next()) is not None:
+                    if control is not None and control.cancelled:
+                        raise UnpackCancelled(f"unpacking {what} was cancelled")
                     extractor.extract(entry, reader)
                 # The diff_id covers the whole stream, end-of-archive padding
                 # included; draining also checks the compressed stream ends well.
                 stream.drain()
             except _Corrupt as e:
-                raise InvalidArgument(f"layer blob {blob_path}: {e}") from None
+                raise InvalidArgument(f"{what}: {e}") from None
             extractor.finish()
     return UnpackResult(diff_id="sha256:" + stream.hexdigest(), size=extractor.size, inodes=extractor.inodes)
 
@@ -367,8 +484,13 @@ class _Stream:
     without copying them.
     """
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], limit: int | None = None, control: Control | None = None,
+                 what: str = "") -> None:
         self._chunks = chunks
+        self._limit = limit
+        self._control = control
+        self._what = what
+        self._filled = 0
         self._hash = hashlib.sha256()
         self._buf = b""
         self._view = memoryview(self._buf)
@@ -378,8 +500,18 @@ class _Stream:
 
     def _fill(self) -> bool:
         """Make the next chunk current; False at the end of the stream."""
+        control = self._control
+        if control is not None:
+            if control.cancelled:
+                raise UnpackCancelled(f"unpacking {self._what} was cancelled")
+            control.offset = self.offset
         for chunk in self._chunks:
             if chunk:
+                self._filled += len(chunk)
+                if self._limit is not None and self._filled > self._limit:
+                    raise ResourceExhausted(
+                        f"{self._what}: its uncompressed tar stream is longer than {self._limit} bytes "
+                        f"(the limit its byte and inode budgets allow)")
                 self._hash.update(chunk)
                 self._buf = chunk
                 self._view = memoryview(chunk)
@@ -672,6 +804,47 @@ class _TarReader:
 # -- extraction --------------------------------------------------------------------
 
 
+class _PendingTimes:
+    """Directory times to set at the end, kept as a tree of path components
+    so that a replaced directory's subtree is dropped in O(depth), not by
+    scanning every pending path (which made layers replacing many
+    directories quadratic)."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self) -> None:
+        # A node: [times or None, {child name: node}].
+        self._root: list = [None, {}]
+
+    def set(self, path: str, times: tuple[int, int]) -> None:
+        node = self._root
+        if path:
+            for part in path.split("/"):
+                node = node[1].setdefault(part, [None, {}])
+        node[0] = times
+
+    def drop(self, path: str) -> None:
+        """Forget *path* (never the root) and everything below it."""
+        parent, _, name = path.rpartition("/")
+        node = self._root
+        if parent:
+            for part in parent.split("/"):
+                node = node[1].get(part)
+                if node is None:
+                    return
+        node[1].pop(name, None)
+
+    def items(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        """``(path, times)`` of every pending directory, parents first."""
+        stack = [("", self._root)]
+        while stack:
+            path, (times, children) = stack.pop()
+            if times is not None:
+                yield path, times
+            for name, child in children.items():
+                stack.append((f"{path}/{name}" if path else name, child))
+
+
 class _Extractor:
     """Creates entries under the target directory, never following a symlink.
 
@@ -679,12 +852,15 @@ class _Extractor:
     component with ``O_NOFOLLOW``, cached by normalised path between entries.
     """
 
-    def __init__(self, target: str, blob_path: str) -> None:
-        self._blob = blob_path
+    def __init__(self, target: str, what: str, limits: Limits | None = None) -> None:
+        self._what = what
+        self._limits = limits or Limits()
+        self._entries = 0
+        self._charged_inodes = 0
         self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._dirs: OrderedDict[str, int] = OrderedDict()
         # Directory mtimes are set last: creating children changes them.
-        self._dir_times: dict[str, tuple[int, int]] = {}
+        self._dir_times = _PendingTimes()
         self._chown = os.geteuid() == 0
         self._entry_name = ""
         self.size = 0
@@ -704,10 +880,10 @@ class _Extractor:
     # errors
 
     def _hostile(self, why: str) -> HostileContent:
-        return HostileContent(f"layer blob {self._blob}: entry {self._entry_name!r}: {why}")
+        return HostileContent(f"{self._what}: entry {self._entry_name!r}: {why}")
 
     def _invalid(self, why: str) -> InvalidArgument:
-        return InvalidArgument(f"layer blob {self._blob}: entry {self._entry_name!r}: {why}")
+        return InvalidArgument(f"{self._what}: entry {self._entry_name!r}: {why}")
 
     # paths
 
@@ -786,10 +962,12 @@ class _Extractor:
     def _forget(self, path: str) -> None:
         """Drop cached fds and pending mtimes at and below removed *path*."""
         below = path + "/"
-        for key in [k for k in self._dirs if k == path or k.startswith(below)]:
-            os.close(self._dirs.pop(key))
-        for key in [k for k in self._dir_times if k == path or k.startswith(below)]:
-            del self._dir_times[key]
+        # The fd cache holds at most 2 * _MAX_CACHED_DIRS entries: a scan is
+        # cheap.  Pending times are a tree: dropping a subtree is O(depth).
+        if self._dirs:
+            for key in [k for k in self._dirs if k.startswith(below) or k == path]:
+                os.close(self._dirs.pop(key))
+        self._dir_times.drop(path)
 
     def _trim(self) -> None:
         """Close the least recently used dir fds beyond the cache size (only
@@ -805,6 +983,13 @@ class _Extractor:
             return
         if stat.S_ISDIR(st.st_mode):
             self._forget(path)
+            try:
+                os.rmdir(name, dir_fd=parent_fd)  # the common case: empty
+                self.inodes -= 1
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
             self.inodes -= self._count_inodes(parent_fd, name)
             shutil.rmtree(name, dir_fd=parent_fd)  # fd-based, never follows symlinks
         else:
@@ -854,12 +1039,20 @@ class _Extractor:
     def extract(self, entry: _Entry, reader: _TarReader) -> None:
         """Create *entry* under the target (reading its data from *reader*)."""
         self._entry_name = entry.name
+        limits = self._limits
+        self._entries += 1
+        if limits.max_inodes is not None and self._entries > limits.max_inodes:
+            raise ResourceExhausted(f"{self._what} has more than {limits.max_inodes} entries "
+                                    f"(the limit is {limits.max_inodes} inodes)")
+        if entry.type in _FILE_TYPES and entry.size:
+            self._charge_bytes(entry.size)
         try:
             self._extract(entry, reader)
+            self._charge_inodes()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ResourceExhausted(
-                    f"no space left unpacking layer blob {self._blob} (entry {entry.name!r})") from None
+                    f"no space left unpacking {self._what} (entry {entry.name!r})") from None
             if e.errno in (errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
                            errno.EEXIST, errno.ENOENT, errno.EMLINK, errno.ENOTEMPTY, errno.EXDEV):
                 raise self._invalid(f"cannot create it: {e.strerror}") from None
@@ -928,6 +1121,31 @@ class _Extractor:
         else:
             raise self._invalid(f"unsupported tar entry type {kind!r}")
 
+    # budgets
+
+    def _over(self, why: str) -> ResourceExhausted:
+        return ResourceExhausted(f"{self._what}: entry {self._entry_name!r}: {why}")
+
+    def _charge_bytes(self, n: int) -> None:
+        """Account for *n* bytes of file content about to be written."""
+        limits = self._limits
+        if limits.max_bytes is not None and self.size + n > limits.max_bytes:
+            raise self._over(f"the layer holds more than {limits.max_bytes} bytes of files")
+        if limits.shared is not None and (why := limits.shared.charge(n, 0)) is not None:
+            raise self._over(why)
+
+    def _charge_inodes(self) -> None:
+        """Account for the inodes the last entry made (or freed)."""
+        limits = self._limits
+        delta = self.inodes - self._charged_inodes
+        if not delta:
+            return
+        if limits.max_inodes is not None and self.inodes > limits.max_inodes:
+            raise self._over(f"the layer holds more than {limits.max_inodes} inodes")
+        if limits.shared is not None and (why := limits.shared.charge(0, delta)) is not None:
+            raise self._over(why)
+        self._charged_inodes = self.inodes
+
     def _create(self, parent_fd: int, name: str, path: str, make):  # type: ignore[no-untyped-def]
         """Run *make* (which creates *name* exclusively); if something is in
         the way, remove it (a later entry replaces an earlier one) and retry."""
@@ -943,7 +1161,7 @@ class _Extractor:
         os.fchmod(fd, entry.mode)  # after chown, which clears setgid
         if entry.xattrs:
             self._set_xattrs(fd, entry.xattrs)
-        self._dir_times[path] = (entry.atime_ns, entry.mtime_ns)
+        self._dir_times.set(path, (entry.atime_ns, entry.mtime_ns))
 
     def _apply_meta_nofollow(self, parent_fd: int, name: str, entry: _Entry, chmod: bool) -> None:
         """Owner, mode, xattrs and times of a symlink, device or FIFO *name*
@@ -1010,4 +1228,4 @@ class _Extractor:
             self._entry_name = path or "."
             os.utime(self._dir(path, False), ns=times)
             self._trim()
-        self._dir_times.clear()
+        self._dir_times = _PendingTimes()

@@ -200,6 +200,15 @@ class CNI:
         """
         return ensureDeferred(self._delete(attachment))
 
+    def cached_ids(self) -> list[str]:
+        """The sandbox ids with a cached ADD: attached, or whose DEL failed
+        (a DEL that succeeded drops the entry)."""
+        try:
+            names = os.listdir(self.cache_dir)
+        except FileNotFoundError:
+            return []
+        return sorted({n.rsplit("-", 1)[0] for n in names if n.endswith(".json") and "-" in n})
+
     def cached(self, container_id: str) -> dict | None:
         """The cached ADD of a sandbox (``network``, ``result``,
         ``attachment``), if any; the ``eth0`` attachment is preferred when
@@ -377,7 +386,7 @@ class CNI:
 
     def _write_cache(self, network: NetworkConfig, att: Attachment, result: dict[str, Any]) -> None:
         # Small and written once per sandbox: inline on the reactor is fine.
-        os.makedirs(self.cache_dir, mode=0o700, exist_ok=True)
+        fsutil.make_dir(self.cache_dir, fsutil.PRIVATE_DIR)
         fsutil.write_json_atomic(
             self._cache_path(att.container_id, att.ifname),
             {"network": network.as_json(), "result": result, "attachment": att.as_json()},

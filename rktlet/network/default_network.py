@@ -35,5 +35,5 @@ def ensure_default_network(conf_dir: str, subnet: str) -> str | None:
         return None
     os.makedirs(conf_dir, mode=0o755, exist_ok=True)
     path = os.path.join(conf_dir, FILE_NAME)
-    write_atomic(path, render(subnet).encode())
+    write_atomic(path, render(subnet).encode(), 0o644)  # host configuration, as CNI plugins' own
     return path

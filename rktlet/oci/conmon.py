@@ -65,6 +65,7 @@ from twisted.python.failure import Failure
 
 from rktlet.deferutil import Shared
 from rktlet.errors import DeadlineExceeded, InvalidArgument, RuntimeFailure
+from rktlet.fsutil import PRIVATE_DIR, make_dir
 from rktlet.logs import logger
 from rktlet.oci.procwatch import ProcessEnd, ProcessWatch
 from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime, clean_message
@@ -533,7 +534,7 @@ class Conmon:
         with this id may have left (a stale exit file would report its end
         at once; a stale symlink would point the attach socket elsewhere)."""
         for directory in (self.exits_dir, self.socket_dir):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            make_dir(directory, PRIVATE_DIR)
         link = paths.attach_socket.encode()
         if len(link) > _SUN_PATH_MAX:
             raise RuntimeFailure(

@@ -7,6 +7,8 @@ import ctypes
 import ctypes.util
 import os
 
+from rktlet.fsutil import PRIVATE_DIR, make_dir
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -35,6 +37,10 @@ def unmount(target: str) -> None:
 
 
 def mount_shm(target: str, size_bytes: int) -> None:
-    """A pod's /dev/shm: a size-limited tmpfs, mode 1777, nosuid/nodev/noexec."""
-    os.makedirs(target, mode=0o755, exist_ok=True)
+    """A pod's /dev/shm: a size-limited tmpfs, mode 1777, nosuid/nodev/noexec.
+    The mount point is made 0700 (the tmpfs's 1777 root covers it once
+    mounted); the caller keeps its parent 0700, so host users cannot reach
+    the tmpfs, which containers get as their /dev/shm."""
+    if not os.path.ismount(target):  # never narrow the tmpfs's own 1777 root
+        make_dir(target, PRIVATE_DIR)
     mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={size_bytes}")

@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from rktlet import logs
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
-from rktlet.fsutil import write_json_atomic
+from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_json_atomic
 from rktlet.oci import cgroups, mounts, users
 from rktlet.oci.conmon import Conmon, Monitor
 from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
@@ -126,9 +126,18 @@ class ContainerManager:
         """Read the records and re-adopt running containers (blocking, at
         start-up): a container that exited while the daemon was down gets its
         real exit code and time from conmon's exit file."""
-        os.makedirs(self._bundles, mode=0o711, exist_ok=True)
-        os.makedirs(self._layers, mode=0o700, exist_ok=True)
+        # 0700 whatever an older daemon made: no host user may reach a
+        # container's root filesystem, bundle or writable layer.
+        for d in (self._bundles, self._layers):
+            make_dir(d, PRIVATE_DIR)
+        for runtime in self._runtimes.values():
+            make_dir(os.path.dirname(runtime.state_root), PRIVATE_DIR)
+            make_dir(runtime.state_root, PRIVATE_DIR)
+        for conmon in self._conmons.values():
+            make_dir(conmon.exits_dir, PRIVATE_DIR)
+            make_dir(conmon.socket_dir, PRIVATE_DIR)
         for c in self._store.load():
+            self._narrow_modes(c)
             self.containers[c.id] = c
             self._by_key[c.key] = c.id
             if c.state != RUNNING:
@@ -214,10 +223,17 @@ class ContainerManager:
     async def create(self, sandbox_id: str, config: ContainerConfig, image: str, attempt: int, fingerprint: str,
                      labels: dict[str, str], annotations: dict[str, str], log_path: str,
                      stop_signal: str = "", user_specified_image: str = "") -> Container:
-        """Prepare a container in a pod; returns its record (CREATED)."""
+        """Prepare a container in a pod; returns its record (CREATED).
+        *log_path* is relative to the pod's log directory ('' for none)."""
         sb = self._sandboxes.get(sandbox_id)
         if sb.state != READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
+        if log_path:
+            # The kubelet's log path is relative to the pod's log directory,
+            # the one RunPodSandbox recorded.
+            if not os.path.isabs(sb.log_directory):
+                raise InvalidArgument(f"config.log_path {log_path!r}: pod sandbox {sb.id} has no log directory")
+            log_path = os.path.join(sb.log_directory, log_path)
         key = f"{sb.id}/{config.name}/{attempt}"
         existing_id = self._by_key.get(key)
         if existing_id is not None:
@@ -280,18 +296,36 @@ class ContainerManager:
             self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
         return c
 
+    @staticmethod
+    def _narrow_modes(c: Container) -> None:
+        """At start-up: the modes :meth:`_prepare_bundle` gives, for the
+        files of a container an older daemon made."""
+        for d in (c.bundle, c.layer_dir):
+            set_mode(d, PRIVATE_DIR)
+        set_mode(os.path.join(c.bundle, "config.json"), PRIVATE_FILE)
+
     def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
                         pod: PodContext) -> tuple[dict[str, Any], list[str], users.ResolvedUser]:
         """Blocking (a worker thread): the writable layer, the overlay root,
         the user, the runtime spec written as the bundle's config.json."""
         upper, work = os.path.join(c.layer_dir, "upper"), os.path.join(c.layer_dir, "work")
         rootfs = os.path.join(c.bundle, "rootfs")
-        for d in (upper, work, rootfs):
-            os.makedirs(d, mode=0o755, exist_ok=True)
+        make_dir(c.layer_dir, PRIVATE_DIR)
+        make_dir(c.bundle, PRIVATE_DIR)
+        # upper/ is 0755: the overlay's root directory takes its mode, and it
+        # is the container's "/", which a non-root container user traverses
+        # (host users cannot: the layer dir above is 0700).
+        make_dir(upper, 0o755)
+        make_dir(work, PRIVATE_DIR)  # overlayfs's own scratch space
+        # The mount point; the overlay's root (upper's mode) covers it (and
+        # must never be narrowed itself: it is the container's "/").
+        if not os.path.ismount(rootfs):
+            make_dir(rootfs, PRIVATE_DIR)
         mounts.mount("overlay", rootfs, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
         user = users.resolve_user(rootfs, image.user, config.security)
         spec, notes = build_spec(c.id, config, image, pod, rootfs, user, self._daemon_oom, self._host)
-        write_json_atomic(os.path.join(c.bundle, "config.json"), spec)
+        # The spec holds the container's environment (secrets): root only.
+        write_json_atomic(os.path.join(c.bundle, "config.json"), spec, mode=PRIVATE_FILE)
         return spec, notes, user
 
     @staticmethod
@@ -488,6 +522,7 @@ class ContainerManager:
                 await self._runtimes[handler].delete(c.id, force=True)
             conmon = self._conmons[handler]
             conmon.cleanup(conmon.paths(c.id, c.bundle))
+            conmon.forget(c.id)  # its Monitor is not needed any more
             await self._in_thread(self._remove_files, c)
             self._store.delete(c.id)
             self.containers.pop(c.id, None)

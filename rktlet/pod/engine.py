@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from rktlet import __version__, logs
 from rktlet.config import Config
 from rktlet.errors import InvalidArgument
-from rktlet.fsutil import read_json, write_json_atomic
+from rktlet.fsutil import PRIVATE_DIR, make_dir, read_json, write_json_atomic
 from rktlet.network.cni_config import Readiness, check_readiness
 from rktlet.pod import versions
 
@@ -30,6 +30,12 @@ RUNTIME_API_VERSION = "v1"
 CGROUP_DRIVER = "cgroupfs"
 
 RUNTIME_STATE_FILE = "runtime.json"
+
+# The run dir is 0711, not 0700: the CRI socket (0660, for a group the
+# operator grants) lives there by default and its clients must traverse it.
+# Nobody but root may list it, and every directory in it is 0700 (the ids
+# are no secret: mountinfo and conmon's command line show them).
+RUN_DIR_MODE = 0o711
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,10 @@ class Engine:
     def load(self) -> None:
         """Read persisted state (once, at start-up, before serving: blocking
         is fine here). Leftovers found are deleted in a thread afterwards."""
-        os.makedirs(self.config.root, mode=0o711, exist_ok=True)
-        os.makedirs(self.config.run_dir, mode=0o711, exist_ok=True)
+        # No host user but root may list or enter the state dir: root
+        # filesystems, writable layers, unpacked layers and records are below.
+        make_dir(self.config.root, PRIVATE_DIR)
+        make_dir(self.config.run_dir, RUN_DIR_MODE)
         state = read_json(self._state_path, {}) or {}
         self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
         if self.sandboxes is not None:
@@ -96,6 +104,9 @@ class Engine:
                 )
         if self.containers is not None:
             self.containers.load()
+        if self.sandboxes is not None:
+            # At start-up, then periodically: CNI DELs that failed before.
+            self._reactor.callWhenRunning(self.sandboxes.retry_cni_deletes_every, self.config.cni_del_retry_interval)
         self._reactor.callWhenRunning(self._collect_versions)
         if self.images is not None:
             leftovers = self.images.load()
@@ -159,6 +170,9 @@ class Engine:
             "runtimeHandlers": self.config.handlers,
             "versions": self.versions,
         }
+        if self.sandboxes is not None:
+            # Removed pods whose CNI DEL failed: retried until it succeeds.
+            info["cni"]["pendingDeletes"] = self.sandboxes.pending_cni_deletes()
         if self.images is not None:
             info["imagePulls"] = self.images.pulls_info()
         return info

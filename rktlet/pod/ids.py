@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 from typing import Iterable
+from urllib.parse import quote
 
 from rktlet.errors import InvalidArgument
 
@@ -32,3 +33,10 @@ def resolve(prefix: str, ids: Iterable[str], kind: str = "pod sandbox") -> str |
     if len(matches) > 1:
         raise InvalidArgument(f"{kind} id prefix {prefix!r} is ambiguous ({len(matches)} match)")
     return matches[0] if matches else None
+
+
+def pod_key(namespace: str, name: str, uid: str, attempt: int) -> str:
+    """The name a pod attempt reserves: ``namespace/name/uid/attempt``, each
+    part %-escaped so that a ``/`` inside one cannot make two pods' keys
+    equal (``a/b`` + ``c`` against ``a`` + ``b/c``)."""
+    return "/".join(quote(part, safe="") for part in (namespace, name, uid)) + f"/{attempt}"

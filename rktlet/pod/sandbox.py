@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rktlet.pod import ids
+
 CREATING = "creating"
 READY = "ready"
 NOTREADY = "notready"
@@ -71,7 +73,7 @@ class Sandbox:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}/{self.uid}/{self.attempt}"
+        return ids.pod_key(self.namespace, self.name, self.uid, self.attempt)
 
     @property
     def netns(self) -> str:

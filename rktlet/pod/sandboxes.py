@@ -17,13 +17,14 @@ import time
 from typing import Any, Awaitable, Callable, Iterable
 
 from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import logs
 from rktlet.config import Config
 from rktlet.deferutil import Shared
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError
-from rktlet.fsutil import write_atomic
+from rktlet.fsutil import PRIVATE_DIR, make_dir, set_mode, write_atomic
 from rktlet.network import dns
 from rktlet.network.cni import CNI, Attachment, PortMapping
 from rktlet.network.default_network import ensure_default_network
@@ -38,6 +39,12 @@ log = logs.logger("rktlet.pod.sandboxes")
 
 # Where pods without a cgroup_parent go (cgroupfs path).
 DEFAULT_CGROUP_ROOT = "/rktlet"
+
+# The files containers bind-mount as their /etc/resolv.conf, /etc/hosts and
+# /etc/hostname: readable by any user inside the container (a non-root
+# container user resolves names); host users cannot reach them (the pod dir
+# is 0700).
+POD_ETC_FILE_MODE = 0o644
 
 
 def _loopback_up() -> None:
@@ -105,7 +112,7 @@ class SandboxManager:
 
         :returns: half-made sandboxes (CREATING) for :meth:`clean_up_half_made`.
         """
-        os.makedirs(self._pods_dir, mode=0o711, exist_ok=True)
+        make_dir(self._pods_dir, PRIVATE_DIR)  # 0700 whatever an older daemon made
         ensure_default_network(self._config.cni_conf_dir, self._config.default_network_subnet)
         half_made = []
         for sb in self._store.load():
@@ -116,6 +123,8 @@ class SandboxManager:
                 log.warn("pod sandbox {id} lost its namespaces or infra process; now NOTREADY", id=sb.id)
                 sb.state = NOTREADY
                 self._store.save(sb)
+            for d in (sb.dir, os.path.join(sb.dir, "ns")):
+                set_mode(d, PRIVATE_DIR)  # a pod dir an older daemon made
             self._add(sb)
         return half_made
 
@@ -125,6 +134,44 @@ class SandboxManager:
         if sb.infra_pid and not infra.alive(infra.InfraProcess(sb.infra_pid, sb.infra_start_time)):
             return False
         return True
+
+    # -- CNI DELs that failed -----------------------------------------------------
+
+    def pending_cni_deletes(self) -> list[str]:
+        """Ids of removed pods whose CNI DEL failed and is to be retried
+        (their cached ADD is still there: IPs and port mappings held)."""
+        return [i for i in self._cni.cached_ids() if i not in self.sandboxes]
+
+    async def retry_cni_deletes(self) -> None:
+        """Try the failed CNI DELs again, with the configuration and
+        attachment their ADD used (the pod's namespace is gone: plugins
+        release what they hold outside it). One that fails stays pending."""
+        for sandbox_id in self.pending_cni_deletes():
+            entry = self._cni.cached(sandbox_id)
+            if entry is None or not isinstance(entry.get("attachment"), dict):
+                continue
+            try:
+                fields = dict(entry["attachment"])
+                fields["port_mappings"] = tuple(PortMapping(**p) for p in fields.get("port_mappings") or ())
+                attachment = Attachment(**fields)
+                await self._cni.delete(attachment)
+            except (RktletError, TypeError, ValueError) as e:
+                log.warn("CNI DEL for removed pod sandbox {id} failed again: {error}", id=sandbox_id, error=e)
+                continue
+            log.info("CNI DEL for removed pod sandbox {id} done on retry", id=sandbox_id)
+
+    def retry_cni_deletes_every(self, interval: float) -> Any:
+        """Retry failed CNI DELs now and every *interval* seconds; returns
+        the LoopingCall (stop it to stop)."""
+        def run() -> Deferred:
+            d = Deferred.fromCoroutine(self.retry_cni_deletes())
+            d.addErrback(lambda f: log.failure("retrying CNI DELs failed", failure=f))
+            return d
+
+        loop = LoopingCall(run)
+        loop.clock = self._reactor
+        loop.start(interval, now=True)
+        return loop
 
     async def clean_up_half_made(self, half_made: list[Sandbox]) -> None:
         """Undo sandboxes a crash left in CREATING."""
@@ -309,12 +356,16 @@ class SandboxManager:
 
     def _make_files_and_namespaces(self, sb: Sandbox, shm_size: int) -> None:
         """Blocking part of creation: files, pinned namespaces, /dev/shm."""
-        os.makedirs(os.path.join(sb.dir, "ns"), mode=0o711, exist_ok=True)
+        # The pod dir holds the pod's /dev/shm mount point (a 1777 tmpfs):
+        # 0700, so no host user can reach it; only root (runc) mounts from it.
+        make_dir(sb.dir, PRIVATE_DIR)
+        make_dir(os.path.join(sb.dir, "ns"), PRIVATE_DIR)
         with open(dns.HOST_RESOLV_CONF) as f:
             host_resolv = f.read()
         write_atomic(os.path.join(sb.dir, "resolv.conf"),
-                     dns.resolv_conf(sb.dns["servers"], sb.dns["searches"], sb.dns["options"], host_resolv).encode())
-        write_atomic(os.path.join(sb.dir, "hostname"), (sb.hostname + "\n").encode())
+                     dns.resolv_conf(sb.dns["servers"], sb.dns["searches"], sb.dns["options"], host_resolv).encode(),
+                     POD_ETC_FILE_MODE)
+        write_atomic(os.path.join(sb.dir, "hostname"), (sb.hostname + "\n").encode(), POD_ETC_FILE_MODE)
         self._write_hosts(sb)
         hostname = sb.hostname if "uts" in sb.namespaces else None
         namespaces.create_pinned(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
@@ -325,7 +376,7 @@ class SandboxManager:
 
     @staticmethod
     def _write_hosts(sb: Sandbox) -> None:
-        write_atomic(os.path.join(sb.dir, "hosts"), dns.hosts_file(sb.hostname, sb.ips).encode())
+        write_atomic(os.path.join(sb.dir, "hosts"), dns.hosts_file(sb.hostname, sb.ips).encode(), POD_ETC_FILE_MODE)
 
     # -- Stop / Remove ------------------------------------------------------------
 
@@ -401,15 +452,34 @@ class SandboxManager:
             try:
                 await self._cni.delete(self._attachment(sb))
             except RktletError as e:
-                log.error("CNI DEL for pod sandbox {id} failed: {error}; releasing the rest anyway", id=sb.id, error=e)
+                log.error("CNI DEL for pod sandbox {id} failed: {error}; releasing the rest anyway, DEL is retried "
+                          "(--cni-del-retry-interval)", id=sb.id, error=e)
             sb.network_attached = False
         pinned = [sb.netns] if sb.netns else []
         if remove:
             pinned = list(sb.namespaces.values())
         await self._in_thread(self._release_files, sb, pinned, remove)
         if remove and sb.created_cgroups:
-            await self._in_thread(cgroups.remove, sb.created_cgroups)
+            heir = self._cgroup_heir(sb)
+            if heir is not None:
+                # Another pod lives in this cgroup (the same cgroup_parent) or
+                # below it: removing it would kill that pod's processes. That
+                # pod takes the cgroups over and removes them when it goes.
+                heir.created_cgroups = sorted(set(heir.created_cgroups) | set(sb.created_cgroups))
+                self._store.save(heir)
+                log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
+                         id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
+            else:
+                await self._in_thread(cgroups.remove, sb.created_cgroups)
             sb.created_cgroups = []
+
+    def _cgroup_heir(self, sb: Sandbox) -> Sandbox | None:
+        """Another pod whose cgroup is *sb*'s or inside it, if any."""
+        mine = sb.cgroup_parent.rstrip("/") + "/"
+        for other in self.sandboxes.values():
+            if other.id != sb.id and (other.cgroup_parent.rstrip("/") + "/").startswith(mine):
+                return other
+        return None
 
     @staticmethod
     def _release_files(sb: Sandbox, pinned: list[str], remove: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rktlet.pod import ids
 from rktlet.pod.sandbox import MODE_CONTAINER, MODE_POD
 
 
@@ -50,4 +51,4 @@ class SandboxSpec:
     @property
     def key(self) -> str:
         """The pod attempt's reserved name (as in :class:`Sandbox`)."""
-        return f"{self.namespace}/{self.name}/{self.uid}/{self.attempt}"
+        return ids.pod_key(self.namespace, self.name, self.uid, self.attempt)

@@ -8,7 +8,7 @@ import os
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from rktlet import logs
-from rktlet.fsutil import write_json_atomic
+from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, write_json_atomic
 from rktlet.pod.container import Container
 from rktlet.pod.sandbox import Sandbox
 
@@ -33,7 +33,7 @@ class RecordStore(Generic[T]):
 
     def save(self, record: Any) -> None:
         """Persist *record* (atomically)."""
-        write_json_atomic(self._path(record.id), record.to_json(), mode=0o600)
+        write_json_atomic(self._path(record.id), record.to_json(), mode=PRIVATE_FILE)
 
     def delete(self, record_id: str) -> None:
         """Forget a record (idempotent)."""
@@ -45,7 +45,7 @@ class RecordStore(Generic[T]):
     def load(self) -> Iterator[T]:
         """Every stored record (blocking: at start-up). Unreadable records
         are logged and moved aside, never silently dropped."""
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        make_dir(self.dir, PRIVATE_DIR)  # 0700 whatever an older daemon made
         for name in sorted(os.listdir(self.dir)):
             path = os.path.join(self.dir, name)
             if not name.endswith(".json"):

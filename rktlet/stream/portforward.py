@@ -39,6 +39,12 @@ PROTOCOL = "portforward.k8s.io"
 # the client socket is paused until the connection exists.
 CONNECT_BUFFER = 256 * 1024
 
+# Forwarded connections of one session whose second stream has not come yet
+# (each holds a stream, a timer and a connection object). Past this the SPDY
+# connection is ended with GOAWAY. WebSocket port-forward connects every
+# requested port at once: it takes at most this many ports.
+MAX_PENDING_PAIRS = 256
+
 
 class ForwardSide(TypingProtocol):
     """The client's side of one forwarded connection (a SPDY stream pair or
@@ -272,6 +278,7 @@ class SpdyPortForwardHandler:
 
     :param sandbox_id: the pod whose ports are reached.
     :param pair_timeout: seconds to wait for the second stream of a pair.
+    :param max_pending_pairs: most pairs waiting for their second stream.
     """
 
     def __init__(
@@ -281,13 +288,16 @@ class SpdyPortForwardHandler:
         sandbox_id: str,
         clock: IReactorTime,
         pair_timeout: float = 30.0,
+        max_pending_pairs: int = MAX_PENDING_PAIRS,
     ) -> None:
         self.connection = connection
         self._backend = backend
         self._sandbox_id = sandbox_id
         self._clock = clock
         self._pair_timeout = pair_timeout
+        self._max_pending_pairs = max_pending_pairs
         self._pairs: dict[str, _Pair] = {}
+        self._pending = 0  # pairs whose timer runs
         self._lost = False
 
     def accept_stream(self, stream: SpdyStream) -> bool:
@@ -302,6 +312,12 @@ class SpdyPortForwardHandler:
         pair = self._pairs.get(self._key(stream, kind))
         if pair is not None and (getattr(pair, kind) is not None or pair.port != int(port_text)):
             return False
+        if pair is None and self._pending >= self._max_pending_pairs:
+            self.connection.shut_down(
+                f"more than {self._max_pending_pairs} port-forward connections waiting for their"
+                " second stream (the limit of pending port-forward pairs)"
+            )
+            return False
         return True
 
     def stream_opened(self, stream: SpdyStream) -> None:
@@ -312,6 +328,7 @@ class SpdyPortForwardHandler:
         if pair is None:
             pair = self._pairs[key] = _Pair(self, key, port)
             pair.timer = self._clock.callLater(self._pair_timeout, self._pair_timed_out, pair)
+            self._pending += 1
         if kind == "error":
             # The client never writes on an error stream (it half-closes it
             # at once): no listener, so whatever comes is dropped.
@@ -320,9 +337,7 @@ class SpdyPortForwardHandler:
             pair.data = stream
             stream.listener = pair
         if pair.error is not None and pair.data is not None:
-            if pair.timer is not None and pair.timer.active():
-                pair.timer.cancel()
-            pair.timer = None
+            self._stop_timer(pair)
             self._connect(pair)
 
     def goaway_received(self) -> None:
@@ -332,8 +347,7 @@ class SpdyPortForwardHandler:
         self._lost = True
         pairs, self._pairs = list(self._pairs.values()), {}
         for pair in pairs:
-            if pair.timer is not None and pair.timer.active():
-                pair.timer.cancel()
+            self._stop_timer(pair)
             pair.conn.abort()
 
     # -- internals ------------------------------------------------------------------
@@ -361,8 +375,16 @@ class SpdyPortForwardHandler:
 
         d.addErrback(failed)
 
+    def _stop_timer(self, pair: _Pair) -> None:
+        if pair.timer is not None:
+            if pair.timer.active():
+                pair.timer.cancel()
+            pair.timer = None
+            self._pending -= 1
+
     def _pair_timed_out(self, pair: _Pair) -> None:
         pair.timer = None
+        self._pending -= 1
         if pair.error is not None:
             pair.error.write(b"timed out waiting for streams")
             pair.error.finish()
@@ -371,5 +393,6 @@ class SpdyPortForwardHandler:
         self._forget(pair)
 
     def _forget(self, pair: _Pair) -> None:
+        self._stop_timer(pair)
         if self._pairs.get(pair.key) is pair:
             del self._pairs[pair.key]

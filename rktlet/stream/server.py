@@ -17,6 +17,10 @@ wrong kind: 404), then the upgrade is negotiated — SPDY exactly as
 403 when nothing offered is supported, 400 without the upgrade headers, 101
 echoing the chosen version), or WebSocket (subprotocol chosen in the client's
 order, 403 when none fits, the handshake itself answered by autobahn).
+
+Before any of that, :mod:`rktlet.stream.httpchannel` refuses request bodies
+unread and bounds the request head in size and time; the sessions bound
+themselves (:mod:`rktlet.stream.spdy`, :mod:`rktlet.stream.portforward`).
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, T
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from rktlet.errors import InvalidArgument, NotFound
 from rktlet.stream import portforward, remotecommand, websocket
+from rktlet.stream.httpchannel import DEFAULT_HEAD_TIMEOUT, StreamSite
 from rktlet.stream.session import AttachRequest, Backend, ExecRequest, PortForwardRequest
-from rktlet.stream.spdy import SpdyConnection
+from rktlet.stream.spdy import DEFAULT_MAX_STREAMS, SpdyConnection
 from rktlet.stream.tokens import KINDS, TokenCache
 from rktlet.stream.upgrade import (
     SPDY_UPGRADE,
@@ -108,6 +113,11 @@ class StreamServer:
         streams of a session (or both streams of a port-forward pair).
     :param finish_timeout: seconds to wait, after the final status, for the
         client to read everything and close.
+    :param head_timeout: seconds a client has to send its request head.
+    :param max_streams: most SPDY streams open at once on one connection.
+    :param max_pending_pairs: most port-forward connections waiting for
+        their second stream on one SPDY connection, and most ports of one
+        WebSocket port-forward session.
     """
 
     def __init__(
@@ -118,6 +128,9 @@ class StreamServer:
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         stream_creation_timeout: float = 30.0,
         finish_timeout: float = 900.0,
+        head_timeout: float | None = DEFAULT_HEAD_TIMEOUT,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        max_pending_pairs: int = portforward.MAX_PENDING_PAIRS,
     ) -> None:
         self.clock = clock
         self.backend = backend
@@ -125,11 +138,36 @@ class StreamServer:
         self.idle_timeout = idle_timeout
         self.stream_creation_timeout = stream_creation_timeout
         self.finish_timeout = finish_timeout
+        self.head_timeout = head_timeout
+        self.max_streams = max_streams
+        self.max_pending_pairs = max_pending_pairs
         self.ws_factory = websocket.make_factory(clock, finish_timeout)
         self.sessions: set[Any] = set()
 
     def resource(self) -> Resource:
         return _Root(self)
+
+    def site(self, timeout: float | None = 60.0) -> StreamSite:
+        """The twisted.web site serving this server (see
+        :mod:`rktlet.stream.httpchannel` for what it refuses).
+
+        :param timeout: seconds a connection may stay silent before it is
+            upgraded.
+        """
+        return StreamSite(self.resource(), timeout=timeout, reactor=self.clock, head_timeout=self.head_timeout)
+
+    def _port_forward_handler(self, sandbox_id: str):
+        def handler(conn: SpdyConnection):
+            return portforward.SpdyPortForwardHandler(
+                conn, self.backend, sandbox_id, self.clock, self.stream_creation_timeout, self.max_pending_pairs
+            )
+
+        return handler
+
+    def _spdy_connection(self, handler) -> SpdyConnection:
+        return SpdyConnection(
+            handler, self.clock, self.idle_timeout, on_closed=self._forget, max_streams=self.max_streams
+        )
 
     def store(self, request: Any) -> tuple[str, str]:
         """Validate *request* and store it: (kind, token)."""
@@ -183,12 +221,7 @@ class StreamServer:
             return _error(request, 400, "unable to upgrade: missing upgrade headers in request")
 
         if kind == "portforward":
-
-            def handler(conn: SpdyConnection):
-                return portforward.SpdyPortForwardHandler(
-                    conn, self.backend, stored.sandbox_id, self.clock, self.stream_creation_timeout
-                )
-
+            handler = self._port_forward_handler(stored.sandbox_id)
         else:
             version = remotecommand.SPDY_PROTOCOLS[chosen]
 
@@ -203,7 +236,7 @@ class StreamServer:
                     self.finish_timeout,
                 )
 
-        conn = SpdyConnection(handler, self.clock, self.idle_timeout, on_closed=self._forget)
+        conn = self._spdy_connection(handler)
         request.channel.transport.write(
             switching_protocols(
                 [("Connection", "Upgrade"), ("Upgrade", SPDY_UPGRADE), ("X-Stream-Protocol-Version", chosen)]
@@ -236,13 +269,9 @@ class StreamServer:
         if kind != "portforward":
             proto = websocket.CommandProtocol(options, self.backend, stored)
         elif chosen == websocket.TUNNEL_PROTOCOL:
-
-            def handler(conn: SpdyConnection):
-                return portforward.SpdyPortForwardHandler(
-                    conn, self.backend, stored.sandbox_id, self.clock, self.stream_creation_timeout
-                )
-
-            proto = websocket.TunnelProtocol(options, handler)
+            proto = websocket.TunnelProtocol(
+                options, self._port_forward_handler(stored.sandbox_id), self.max_streams
+            )
         else:
             try:
                 ports = stored.ports or _query_ports(request)
@@ -250,6 +279,13 @@ class StreamServer:
                 return _error(request, 400, str(e))
             if not ports:
                 return _error(request, 400, "at least one port must be given (query parameter port)")
+            if len(ports) > self.max_pending_pairs:
+                log.info(
+                    "WebSocket port-forward refused: {n} ports, more than the limit of {limit}",
+                    n=len(ports),
+                    limit=self.max_pending_pairs,
+                )
+                return _error(request, 400, f"too many ports ({len(ports)}, at most {self.max_pending_pairs})")
             proto = websocket.PortForwardProtocol(options, self.backend, stored.sandbox_id, ports)
         proto.factory = self.ws_factory
         self.sessions.add(proto)
@@ -372,9 +408,7 @@ class StreamService(Service):
         return self.url(kind, token)
 
     def startService(self) -> None:
-        site = Site(self.server.resource(), timeout=self._http_timeout)
-        site.noisy = False
-        site.displayTracebacks = False
+        site = self.server.site(self._http_timeout)
         interface = self.host or "0.0.0.0"
         if self._tls:
             cert, key = self._tls

@@ -15,6 +15,16 @@ of every Kubernetes client, expects of a server:
   is TCP's, see :mod:`rktlet.stream.flow`;
 * an idle timer resets all streams and closes the connection when no frame
   was read or written for a while.
+
+Limits, so that a client cannot make the server hold or queue without bound:
+
+* while the client does not read what we send (the transport's send buffer
+  is full and pauses our producers), we stop reading from it too: every
+  frame read may make us write (a PING echo, a SYN_REPLY, an RST_STREAM, the
+  pod's answer to forwarded data), and none of that may pile up;
+* at most *max_streams* streams are open at once; a SYN_STREAM past that
+  ends the connection with GOAWAY (:meth:`SpdyConnection.shut_down`, which a
+  handler calls for its own limits too) and a log line naming the limit.
 """
 
 from __future__ import annotations
@@ -27,13 +37,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rktlet.stream import spdyframes as f
-from rktlet.stream.flow import IdleTimer, ProducerFanout, ReadPauser
+from rktlet.stream.flow import IdleTimer, PauseReadingProducer, ProducerFanout, ReadPauser
 
 log = Logger()
 
 # A DATA payload larger than this is split; keeps one stream from holding the
 # socket for long and keeps the Go reader's per-frame allocation small.
 MAX_DATA_CHUNK = 256 * 1024
+
+# Streams open at once on one connection (exec/attach use at most 5; each
+# forwarded port-forward connection uses 2).
+DEFAULT_MAX_STREAMS = 1024
+
+# Seconds a connection being shut down (GOAWAY sent) has to take what we
+# wrote before it is aborted.
+SHUTDOWN_GRACE = 5.0
+
+# The ReadPauser reason held while the client does not read our output.
+OUTPUT_FULL = "output-full"
 
 
 class StreamListener(TypingProtocol):
@@ -142,6 +163,7 @@ class SpdyConnection(Protocol):
     :param idle_timeout: seconds without any frame before the connection is
         closed (None: never).
     :param on_closed: called with the connection once it is gone.
+    :param max_streams: most streams open at once.
     """
 
     def __init__(
@@ -150,11 +172,13 @@ class SpdyConnection(Protocol):
         clock: IReactorTime,
         idle_timeout: float | None = None,
         on_closed: Callable[[SpdyConnection], None] | None = None,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         self._handler_factory = handler_factory
         self._on_closed = on_closed
         self._clock = clock
         self._idle_timeout = idle_timeout
+        self._max_streams = max_streams
         self.handler: SpdyHandler | None = None
         self._reader = f.FrameReader()
         self._writer = f.FrameWriter()
@@ -164,6 +188,7 @@ class SpdyConnection(Protocol):
         self.goaway_sent = False
         self._finishing = False
         self._finish_call = None
+        self._closing = False
         self._lost = False
         self._registered = False
         self._ping_id = 2
@@ -175,6 +200,8 @@ class SpdyConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.reading = ReadPauser(self.transport, self._clock, self.abort, self._probe_ping)
+        # A full send buffer pauses reading the client as well.
+        self.producers.add(PauseReadingProducer(lambda: self.reading, OUTPUT_FULL))
         register = getattr(self.transport, "registerProducer", None)
         if register is not None:
             register(self.producers, True)
@@ -183,7 +210,8 @@ class SpdyConnection(Protocol):
         self.handler = self._handler_factory(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._lost:
+        if self._lost or self._closing:
+            # Closing: what the client still sends is of no use.
             return
         if self._idle is not None:
             self._idle.touch()
@@ -195,7 +223,7 @@ class SpdyConnection(Protocol):
             self.close()
             return
         for frame in frames:
-            if self._lost:
+            if self._lost or self._closing:
                 return
             self._dispatch(frame)
 
@@ -248,6 +276,9 @@ class SpdyConnection(Protocol):
         self._finishing = True
         if self.reading is not None:
             self.reading.clear()
+            if self.producers.paused:
+                # Still nothing is read while the client does not read.
+                self.reading.pause(OUTPUT_FULL)
         if self.goaway_received:
             self.close()
             return
@@ -262,16 +293,29 @@ class SpdyConnection(Protocol):
         """
         if self._lost:
             return
+        self._closing = True
         if self._registered:
             self._registered = False
             self.transport.unregisterProducer()
         self.transport.loseConnection()
 
+    def shut_down(self, why: str, status: int = f.GOAWAY_PROTOCOL_ERROR) -> None:
+        """End the connection because the client went past a limit: GOAWAY,
+        every stream reset, closed once that is written (aborted after a
+        grace period: the client may not be reading). *why* is logged."""
+        if self._lost or self._closing:
+            return
+        log.warn("SPDY connection from {peer} closed: {why}", peer=self._peer(), why=why)
+        self.go_away(status)
+        self._close_now()
+
     def _probe_ping(self) -> None:
         """A PING of ours (even id) while we are not reading: the Go client
         echoes it, a dead client's socket answers with a reset. Written
-        directly so that it does not count as activity for the idle timer."""
-        if not self._lost:
+        directly so that it does not count as activity for the idle timer.
+        Not while the client does not read: the send buffer is full, and the
+        data in it gets the reset from a dead client already."""
+        if not self._lost and not self._closing and not self.producers.paused:
             self.transport.write(self._writer.encode(f.Ping(self._ping_id)))
             self._ping_id = self._ping_id + 2 if self._ping_id < 0x7FFFFFFE else 2
 
@@ -289,14 +333,14 @@ class SpdyConnection(Protocol):
             return "?"
 
     def _send_frame(self, frame: f.Frame) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             return
         if self._idle is not None:
             self._idle.touch()
         self.transport.write(self._writer.encode(frame))
 
     def _send_data(self, stream_id: int, data: bytes, fin: bool) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             return
         if self._idle is not None:
             self._idle.touch()
@@ -351,6 +395,10 @@ class SpdyConnection(Protocol):
             # Ids of client streams are odd and strictly increasing.
             self._send_frame(f.RstStream(sid, f.PROTOCOL_ERROR))
             return
+        if len(self._streams) >= self._max_streams and not (self.goaway_sent or self._finishing):
+            # GOAWAY names the last stream accepted: not this one.
+            self.shut_down(f"more than {self._max_streams} streams open (the limit of streams per connection)")
+            return
         self._last_received_id = sid
         if self.goaway_received or self.goaway_sent or self._finishing:
             self._send_frame(f.RstStream(sid, f.REFUSED_STREAM))
@@ -375,13 +423,17 @@ class SpdyConnection(Protocol):
 
     def _idle_expired(self) -> None:
         log.info("SPDY session with {peer} idle, closing", peer=self._peer())
+        self._close_now()
+
+    def _close_now(self) -> None:
+        """Reset every stream and close; abort if that does not get out."""
         for stream in list(self._streams.values()):
             stream.reset(f.CANCEL)
         self.close()
         # A client that stopped reading never lets the buffer drain.
         if self._finish_call is not None and self._finish_call.active():
             self._finish_call.cancel()
-        self._finish_call = self._clock.callLater(5, self._finish_expired)
+        self._finish_call = self._clock.callLater(SHUTDOWN_GRACE, self._finish_expired)
 
     def _finish_expired(self) -> None:
         self._finish_call = None

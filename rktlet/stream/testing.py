@@ -20,7 +20,6 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from rktlet.errors import NotFound
 from rktlet.stream import spdyframes as f
@@ -229,7 +228,11 @@ class MemoryServer:
         self.clock = Clock()
         self.backend = FakeBackend()
         self.server = StreamServer(self.clock, self.backend, TokenCache(self.clock.seconds), **kwargs)
-        self.site = Site(self.server.resource())
+        self.site = self.server.site()
+        self.connect()
+
+    def connect(self) -> None:
+        """A new client connection (the old one is left as it is)."""
         self.transport = HalfCloseableTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
         self.proto = self.site.buildProtocol(self.transport.getPeer())
         self.proto.makeConnection(self.transport)

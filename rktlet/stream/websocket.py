@@ -29,10 +29,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rktlet.stream.command import CommandSession, ResizeDecoder
-from rktlet.stream.flow import IdleTimer, ProducerFanout, ReadPauser
+from rktlet.stream.flow import IdleTimer, PauseReadingProducer, ProducerFanout, ReadPauser
 from rktlet.stream.portforward import ForwardedConnection, forward_error_message
 from rktlet.stream.session import AttachRequest, Backend, ExecRequest
-from rktlet.stream.spdy import SpdyConnection, SpdyHandler
+from rktlet.stream.spdy import DEFAULT_MAX_STREAMS, OUTPUT_FULL, SpdyConnection, SpdyHandler
 
 log = Logger()
 
@@ -141,7 +141,10 @@ class SessionOptions:
 
 class SessionProtocol(WebSocketServerProtocol):
     """What every stream session over WebSocket shares: the negotiated
-    subprotocol, back-pressure through the TCP transport, the idle timer."""
+    subprotocol, back-pressure through the TCP transport, the idle timer.
+
+    While the client does not read what we send, we do not read what it
+    sends either (its pings would queue pongs, its input our answers)."""
 
     def __init__(self, options: SessionOptions) -> None:
         super().__init__()
@@ -162,6 +165,7 @@ class SessionProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.reading = ReadPauser(self.transport, self._clock, self.abort, self._probe_ping)
+        self.producers.add(PauseReadingProducer(lambda: self.reading, OUTPUT_FULL))
         self.transport.registerProducer(self.producers, True)
         self._registered = True
 
@@ -208,6 +212,8 @@ class SessionProtocol(WebSocketServerProtocol):
         self.closing = True
         if self.reading is not None:
             self.reading.clear()
+            if self.producers.paused:
+                self.reading.pause(OUTPUT_FULL)
         self.sendClose(NORMAL_CLOSURE)
 
     def unregisterProducer(self) -> None:
@@ -239,7 +245,7 @@ class SessionProtocol(WebSocketServerProtocol):
     def _probe_ping(self) -> None:
         """While we are not reading: a live client answers the ping, a dead
         one's socket answers with a reset (see ReadPauser)."""
-        if not self._gone and self.state == self.STATE_OPEN:
+        if not self._gone and self.state == self.STATE_OPEN and not self.producers.paused:
             self.sendPing()
 
     def _idle_expired(self) -> None:
@@ -414,7 +420,8 @@ class PortForwardProtocol(SessionProtocol):
 
 class _TunnelTransport:
     """The transport a tunnelled SPDY connection writes to: every write is
-    one binary WebSocket message; reading pauses the real socket."""
+    one binary WebSocket message; pausing it pauses reading the real socket
+    (through the WebSocket session's ReadPauser, which has its own reasons)."""
 
     def __init__(self, ws: TunnelProtocol) -> None:
         self._ws = ws
@@ -438,10 +445,12 @@ class _TunnelTransport:
         pass
 
     def pauseProducing(self) -> None:
-        self._ws.transport.pauseProducing()
+        if self._ws.reading is not None:
+            self._ws.reading.pause(self)
 
     def resumeProducing(self) -> None:
-        self._ws.transport.resumeProducing()
+        if self._ws.reading is not None:
+            self._ws.reading.resume(self)
 
     def getHandle(self):
         return self._ws.transport.getHandle()
@@ -457,10 +466,15 @@ class TunnelProtocol(SessionProtocol):
     """``SPDY/3.1+portforward.k8s.io``: binary messages carry an opaque byte
     stream of SPDY frames, served like a SPDY port-forward connection."""
 
-    def __init__(self, options: SessionOptions, spdy_handler_factory: Callable[[SpdyConnection], SpdyHandler]) -> None:
+    def __init__(
+        self,
+        options: SessionOptions,
+        spdy_handler_factory: Callable[[SpdyConnection], SpdyHandler],
+        max_streams: int = DEFAULT_MAX_STREAMS,
+    ) -> None:
         # The tunnelled SPDY connection keeps the idle timer.
         super().__init__(SessionOptions(options.subprotocol, options.clock, None, options.on_closed))
-        self.spdy = SpdyConnection(spdy_handler_factory, options.clock, options.idle_timeout)
+        self.spdy = SpdyConnection(spdy_handler_factory, options.clock, options.idle_timeout, max_streams=max_streams)
 
     def session_opened(self) -> None:
         self.spdy.makeConnection(_TunnelTransport(self))

@@ -270,3 +270,29 @@ def test_sigterm_to_daemon_leaves_containers_running(pod):
     assert "without writing an exit file" not in daemon.log()
     daemon.start()
     assert status(daemon, cid).status.state == pb.CONTAINER_RUNNING
+
+
+def test_removing_a_pod_leaves_other_pods_in_its_cgroup_alone(pod, tmp_path):
+    daemon, _, _, image, logs = pod
+    parent = f"/rktlet-shared-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    first_cfg, second_cfg = (pod_config(name=n, log_directory=logs) for n in ("first", "second"))
+    for cfg in (first_cfg, second_cfg):
+        cfg.linux.cgroup_parent = parent
+    first = run_pod(daemon, first_cfg)  # makes the cgroup
+    second = run_pod(daemon, second_cfg)
+    cid = create(daemon, second, second_cfg, container_config("keep", image, command=["sleep", "300"]))
+    start(daemon, cid)
+    pid = json.loads(status(daemon, cid, verbose=True).info["info"])["pid"]
+    memory_root = "/sys/fs/cgroup/memory"
+    try:
+        daemon.runtime().StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=first), timeout=30)
+        daemon.runtime().RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=first), timeout=30)
+        time.sleep(0.2)
+        assert os.path.exists(f"/proc/{pid}") and proc_state(pid)[1] != "Z"
+        assert status(daemon, cid).status.state == pb.CONTAINER_RUNNING
+    finally:
+        daemon.runtime().StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=second), timeout=30)
+        daemon.runtime().RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=second), timeout=30)
+    # The last pod in the cgroup removed what the first one made.
+    if os.path.isdir(memory_root):
+        assert not os.path.exists(memory_root + parent)

@@ -599,3 +599,118 @@ def test_registry_mirror(make_daemon, registry):
     info = json.loads(status(daemon, name, verbose=True).info["info"])
     assert info["source"].startswith(f"{registry.url}/v2/pause/"), info["source"]
     assert f"mirror {dead} failed" in daemon.log()
+
+
+# -- removal and garbage collection during pulls; caps on content ----------------------------------
+
+
+def _chain(image: BuiltImage) -> list[str]:
+    from rktlet.image.manifest import chain_ids as compute
+
+    return [c.split(":", 1)[1] for c in compute([layer.diff_id for layer in image.layers])]
+
+
+def test_remove_and_gc_during_a_pull(make_daemon, make_proxy, registry):
+    """RemoveImage of another image (each runs the image GC), repeated while
+    a slow pull is in flight, must not take the layers and config the pull
+    has already made: the pull's image is complete, also after a restart."""
+    other = build_image([random_layer(32 * 1024, "data/other")], cmd=["sh"])
+    other_ref = pushed_ref(registry, unique("other"), other)
+    image = build_image([random_layer(32 * 1024, "data/small"), random_layer(4 << 20, "data/big")], cmd=["sh"])
+    repo = unique("racing")
+    pushed_ref(registry, repo, image)
+    proxy = make_proxy(registry.url, rate=1_000_000)  # ~4 s for the big layer
+    daemon = make_daemon()
+    ref = f"{proxy.host}/{repo}:latest"
+    small_chain = _chain(image)[0]
+    results: list[Any] = []
+
+    def background() -> None:
+        try:
+            results.append(pull(daemon, ref, timeout=60))
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            results.append(e)
+
+    thread = threading.Thread(target=background, daemon=True)
+    thread.start()
+    wait_for(lambda: small_chain in complete_layer_dirs(daemon) or results, 30, "the small layer to be unpacked")
+    removals = 0
+    while not results:
+        pull(daemon, other_ref)
+        remove(daemon, other_ref)  # the image GC runs with every removal
+        removals += 1
+    thread.join(10)
+    assert results == [image.image_id], results
+    assert removals >= 2, "the pull ended before the removals raced it"
+    assert set(_chain(image)) <= set(complete_layer_dirs(daemon))
+    assert os.path.exists(store_dir(daemon, "blobs", "sha256", image.image_id.split(":", 1)[1]))
+    daemon.stop()
+    daemon.start()
+    assert [i.id for i in listed(daemon)] == [image.image_id]
+    assert set(_chain(image)) == set(complete_layer_dirs(daemon))
+
+
+def _zstd_bomb_layer(content: int) -> Layer:
+    """A zstd layer of one file of *content* zero bytes: a few KiB, made
+    (and hashed) chunk by chunk, never held whole."""
+    import zstandard
+
+    info = tarfile.TarInfo("zeros")
+    info.size, info.mtime = content, LAYER_MTIME
+    header = info.tobuf(tarfile.GNU_FORMAT)
+    layer = RawLayer(header, "zstd bomb")
+    out = io.BytesIO()
+    diff = hashlib.sha256()
+    writer = zstandard.ZstdCompressor(level=19).stream_writer(out, closefd=False)
+    zeros = bytes(1 << 20)
+
+    def put(data: bytes) -> None:
+        diff.update(data)
+        writer.write(data)
+
+    put(header)
+    for left in range(content, 0, -len(zeros)):
+        put(zeros[:min(left, len(zeros))])
+    put(bytes(-content % 512 + 1024))
+    writer.close()
+    layer.compression, layer.format = "zstd", "oci"
+    layer.blob = out.getvalue()
+    layer.digest = "sha256:" + hashlib.sha256(layer.blob).hexdigest()
+    layer.diff_id = "sha256:" + diff.hexdigest()
+    return layer
+
+
+def test_decompression_bomb_is_refused_naming_the_layer(make_daemon, registry):
+    bomb = _zstd_bomb_layer(512 << 20)
+    assert len(bomb.blob) < 64 * 1024
+    image = build_image([bomb], format="oci", cmd=["sh"])
+    ref = pushed_ref(registry, unique("bomb"), image)
+    daemon = make_daemon(["--max-image-bytes", "64Mi"])
+    error = pull_error(daemon, ref)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert bomb.digest in error.details() and "max-image-bytes" in error.details(), error.details()
+    assert listed(daemon) == []
+    assert tmp_layer_dirs(daemon) == [] and complete_layer_dirs(daemon) == []
+    assert ingest_files(daemon) == []
+
+
+def test_image_caps(make_daemon, registry):
+    layers = [Layer([File(f"f{i}/x", str(i))]) for i in range(4)]
+    image = build_image(layers, cmd=["sh"])
+    ref = pushed_ref(registry, unique("caps"), image)
+    daemon = make_daemon(["--max-image-layers", "3", "--max-image-inodes", "1000"])
+    error = pull_error(daemon, ref)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "4 layers" in error.details() and "max-image-layers" in error.details()
+
+    many = Layer([File(f"d/f{i}", "") for i in range(600)])
+    image = build_image([many, Layer([File(f"e/f{i}", "") for i in range(600)])], cmd=["sh"])
+    ref = pushed_ref(registry, unique("inodes"), image)
+    error = pull_error(daemon, ref)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    assert "inodes" in error.details()
+    assert any(layer.digest in error.details() for layer in image.layers), error.details()
+    assert listed(daemon) == [] and tmp_layer_dirs(daemon) == []
+
+    small = build_image([Layer([File("ok", "ok")])], cmd=["sh"])
+    assert pull(daemon, pushed_ref(registry, unique("small"), small)) == small.image_id

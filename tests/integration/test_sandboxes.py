@@ -216,9 +216,14 @@ def test_cni_del_failure_does_not_wedge_the_pod():
     os.makedirs(bin_dir)
     for plugin in ("bridge", "host-local", "portmap"):
         os.symlink(f"/usr/lib/cni/{plugin}", os.path.join(bin_dir, plugin))
-    d.extra_args = ["--cni-bin-dir", bin_dir]
+    d.extra_args = ["--cni-bin-dir", bin_dir, "--cni-del-retry-interval", "1"]
     network = TestNetwork(d.cni_conf_dir)
     network.write()
+
+    def pending() -> list[str]:
+        info = d.runtime().Status(pb.StatusRequest(verbose=True), timeout=10).info
+        return json.loads(info["cni"])["pendingDeletes"]
+
     try:
         d.start()
         sandbox_id = run_pod(d, pod_config())
@@ -228,6 +233,14 @@ def test_cni_del_failure_does_not_wedge_the_pod():
         assert "CNI DEL" in d.log() and "portmap" in d.log()
         assert d.runtime().ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items == []
         assert network.allocations() == []  # bridge's DEL still ran
+        # The failed DEL is not forgotten: it is retried until it succeeds.
+        time.sleep(1.5)
+        assert pending() == [sandbox_id]
+        os.symlink("/usr/lib/cni/portmap", os.path.join(bin_dir, "portmap"))
+        deadline = time.monotonic() + 10
+        while pending() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pending() == [] and "done on retry" in d.log()
     finally:
         remove_all_pods(d)
         d.cleanup()

@@ -540,3 +540,89 @@ def test_throughput_port_forward_100_MiB(runtime, transport):
         thread.join(5)
     assert size == 100 * MiB and digest.hexdigest() == hashlib.sha256(block * 100).hexdigest()
     print(f"\nport-forward over {transport}: 100 MiB in {elapsed:.2f}s = {100 * MiB / elapsed / 1e6:.0f} MB/s")
+
+
+# -- what a client can make the server hold (issue 12) ---------------------------------------
+
+
+def _stream_socket(base_url: str, rcvbuf: int | None = None) -> socket.socket:
+    host, port = base_url.split("//")[1].rsplit(":", 1)
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect((host, int(port)))
+    return s
+
+
+def _read_head(s: socket.socket) -> tuple[bytes, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_a_request_body_is_refused_before_it_is_read(runtime):
+    with _stream_socket(runtime.base_url) as s:
+        s.settimeout(5)
+        s.sendall(b"POST /exec/AAAAAAAA HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        # The answer comes without waiting for the body (which would be
+        # spooled to disk first), and the connection is closed.
+        head, rest = _read_head(s)
+        assert head.startswith(b"HTTP/1.1 413 ")
+        while s.recv(4096):
+            pass
+
+
+def _port_forward_session(runtime, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    url = runtime.stub().PortForward(pb.PortForwardRequest(pod_sandbox_id="pod1"), timeout=10).url
+    s = _stream_socket(runtime.base_url, rcvbuf)
+    s.sendall(upgrade_request(url[len(runtime.base_url) :], ["portforward.k8s.io"]))
+    head, rest = _read_head(s)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s, rest
+
+
+def test_a_spdy_client_that_reads_nothing_cannot_queue_ping_replies(runtime):
+    from rktlet.stream import spdyframes as f
+    from rktlet.stream.testing import SpdyClient
+
+    s, _ = _port_forward_session(runtime, rcvbuf=4096)
+    with s:
+        before = _settle_rss(runtime.proc.pid)
+        pings = SpdyClient().encode(f.Ping(1)) * 10_000
+        s.setblocking(False)
+        deadline, sent = time.monotonic() + 4, 0
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(pings)
+            except BlockingIOError:
+                time.sleep(0.01)
+        # The server stopped reading once its replies could not go out:
+        # what the client sent waits in the kernel, not in the server.
+        grown = _rss(runtime.proc.pid) - before
+        assert grown < 6 * MiB, f"{grown} bytes more after {sent} bytes of PINGs"
+
+
+def test_spdy_port_forward_pairs_waiting_past_the_limit_end_the_connection(runtime):
+    from rktlet.stream import portforward
+    from rktlet.stream import spdyframes as f
+    from rktlet.stream.testing import SpdyClient
+
+    s, rest = _port_forward_session(runtime)
+    with s:
+        client = SpdyClient()
+        wire = b"".join(
+            client.open({"streamtype": "error", "port": "80", "requestid": str(i)}, fin=True)[1]
+            for i in range(portforward.MAX_PENDING_PAIRS + 1)
+        )
+        s.sendall(wire)
+        frames = client.receive(rest)
+        while chunk := s.recv(65536):
+            frames += client.receive(chunk)
+    goaway = [fr for fr in frames if isinstance(fr, f.GoAway)]
+    assert goaway and goaway[0].status == f.GOAWAY_PROTOCOL_ERROR
+    assert len(client.replied) == portforward.MAX_PENDING_PAIRS

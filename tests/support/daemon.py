@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import grpc
 
@@ -147,3 +147,17 @@ def write_network(conf_dir: str, name: str = "rktlet-test", plugins: Sequence[st
     with open(path, "w") as f:
         json.dump({"cniVersion": "1.0.0", "name": name, "plugins": [{"type": p} for p in plugins]}, f)
     return path
+
+
+def serve(d: Daemon) -> Iterator[Daemon]:
+    """Start *d* and yield it; afterwards remove its pods, stop it by PID,
+    remove its dirs and reap the monitors it left (for fixtures)."""
+    from tests.support.pods import remove_all_pods
+    from tests.support.processes import MONITOR_NAMES, reap_orphans
+
+    try:
+        yield d.start()
+    finally:
+        remove_all_pods(d)
+        d.cleanup()
+        reap_orphans(MONITOR_NAMES)

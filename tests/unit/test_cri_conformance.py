@@ -225,3 +225,27 @@ def test_descriptor_urls_of_the_wrong_shape_are_invalid_argument():
     body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": []}).encode()
     with pytest.raises(InvalidArgument, match="urls"):
         parse_manifest(OCI_MANIFEST, body, "registry/app:1")
+
+
+def test_pod_keys_of_names_with_slashes_do_not_collide():
+    assert ids.pod_key("a/b", "c", "u", 1) != ids.pod_key("a", "b/c", "u", 1)
+    assert ids.pod_key("default", "web", "uid-1", 2) == "default/web/uid-1/2"
+
+
+def test_log_path_is_relative_and_the_request_log_directory_is_not_trusted():
+    request = _create_request(log_path="c/0.log")
+    request.sandbox_config.log_directory = "/etc"  # whatever a client says: the pod's record decides
+    _, log_path = container_convert.container_config(request)
+    assert log_path == "c/0.log"
+    for bad in ("/etc/passwd", "../x.log"):
+        with pytest.raises(InvalidArgument, match="log_path"):
+            container_convert.container_config(_create_request(log_path=bad))
+
+
+def test_pod_log_directory_must_be_absolute():
+    request = pb.RunPodSandboxRequest()
+    request.config.metadata.name, request.config.metadata.uid, request.config.metadata.namespace = "p", "u", "n"
+    for bad in ("logs", "/var/log/../../etc"):
+        request.config.log_directory = bad
+        with pytest.raises(InvalidArgument, match="log_directory"):
+            sandbox_convert.sandbox_spec(request)

@@ -36,6 +36,7 @@ def test_expired_token_is_404():
     h = Harness()
     path = h.url_path(ExecRequest("c", ("ls",)))
     h.clock.advance(61)
+    h.connect()  # the first one was closed, silent for that long
     assert http_status(h.send_http(upgrade_request(path, ALL_VERSIONS))) == 404
 
 

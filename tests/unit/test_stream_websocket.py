@@ -240,8 +240,11 @@ def test_output_back_pressure_over_websocket():
     proc.terminal.set_output_producer(producer)
     h.transport.producer.pauseProducing()
     assert producer.state == "paused"
+    assert h.transport.producerState == "paused"  # the client does not read: neither do we
     proc.terminal.pause_input()
-    assert h.transport.producerState == "paused"
+    h.transport.producer.resumeProducing()
+    assert producer.state == "producing"
+    assert h.transport.producerState == "paused"  # stdin is still full
     proc.terminal.resume_input()
     assert h.transport.producerState == "producing"
 

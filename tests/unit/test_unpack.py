@@ -24,8 +24,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from rktlet.errors import HostileContent, InvalidArgument, NotFound
-from rktlet.image.unpack import UnpackResult, detect_compression, unpack_layer
+from rktlet.errors import HostileContent, InvalidArgument, NotFound, ResourceExhausted
+from rktlet.image.unpack import (
+    Budget,
+    Control,
+    Limits,
+    UnpackCancelled,
+    UnpackResult,
+    detect_compression,
+    unpack_layer,
+)
 from tests.support.images import (
     BUSYBOX_APPLETS,
     File,
@@ -647,6 +655,157 @@ def test_truncated_end_marker_changes_the_diff_id(env: Env) -> None:
     assert result.diff_id == diff_id(tar[:end]) != diff_id(tar)
 
 
+# -- replaced directories and budgets -------------------------------------------------
+
+
+def test_replaced_directories_drop_their_pending_times(env: Env) -> None:
+    """A directory replaced by a file (with pending times below it) is gone;
+    the directories that stay get their own times, parents included."""
+    tar = make_tar([
+        D("keep", mtime=MTIME + 1), D("keep/sub", mtime=MTIME + 2),
+        D("gone", mtime=MTIME + 3), D("gone/deep", mtime=MTIME + 4), F("gone/deep/f", b"x"),
+        D("gone2", mtime=MTIME + 5),
+        F("gone", b"now a file", mtime=MTIME + 6),
+        F("gone2", b"also a file", mtime=MTIME + 7),
+        D("gone2x", mtime=MTIME + 8),  # a sibling sharing the prefix survives
+    ])
+    result = env.unpack(tar)
+    t = env.target
+    assert (t / "gone").read_bytes() == b"now a file"
+    assert (t / "gone2").read_bytes() == b"also a file"
+    assert os.lstat(t / "keep").st_mtime == MTIME + 1
+    assert os.lstat(t / "keep/sub").st_mtime == MTIME + 2
+    assert os.lstat(t / "gone2x").st_mtime == MTIME + 8
+    assert os.lstat(t / "gone").st_mtime == MTIME + 6
+    assert result.inodes == 5  # keep, keep/sub, gone2x and the two files
+
+
+def test_many_replaced_directories(env: Env) -> None:
+    tar = replacement_layer(2000)
+    result = env.unpack(tar, "gzip")
+    assert result.inodes == 1000
+    assert sorted(os.listdir(env.target)) == sorted(f"d{i}" for i in range(1000))
+    assert all((env.target / f"d{i}").is_file() for i in range(1000))
+
+
+def test_layer_byte_limit(env: Env) -> None:
+    tar = make_tar([F("a", b"x" * 600), F("b", b"y" * 600)])
+    path = env.write_blob(tar)
+    with pytest.raises(ResourceExhausted, match=r"'b'.*more than 1000 bytes of files") as info:
+        unpack_layer(str(path), str(env.target), "none", limits=Limits(max_bytes=1000), name="layer sha256:abc")
+    assert "layer sha256:abc" in str(info.value)
+    assert not (env.target / "b").exists()  # refused before writing
+
+
+def test_replaced_files_count_against_the_byte_limit(env: Env) -> None:
+    tar = make_tar([F("a", b"x" * 600), F("a", b"y" * 600)])
+    with pytest.raises(ResourceExhausted, match="bytes of files"):
+        unpack_layer(str(env.write_blob(tar)), str(env.target), "none", limits=Limits(max_bytes=1000))
+
+
+def test_layer_inode_limit(env: Env) -> None:
+    tar = make_tar([F(f"d/f{i}") for i in range(10)])
+    path = env.write_blob(tar)
+    assert unpack_layer(str(path), str(env.target), "none", limits=Limits(max_inodes=11)).inodes == 11
+    other = env.tmp / "other"
+    other.mkdir()
+    with pytest.raises(ResourceExhausted, match="more than 10 inodes"):
+        unpack_layer(str(path), str(other), "none", limits=Limits(max_inodes=10))
+
+
+def test_entry_limit_counts_hard_links_and_whiteouts(env: Env) -> None:
+    tar = make_tar([F("a")] + [H(f"l{i}", "a") for i in range(20)])
+    with pytest.raises(ResourceExhausted, match="more than 10 entries"):
+        unpack_layer(str(env.write_blob(tar)), str(env.target), "none", limits=Limits(max_inodes=10))
+
+
+def test_shared_budget_spans_layers(env: Env) -> None:
+    budget = Budget(max_bytes=1500, max_inodes=None)
+    one = env.write_blob(make_tar([F("a", b"x" * 1000)]), "one")
+    two = env.write_blob(make_tar([F("b", b"y" * 1000)]), "two")
+    t1, t2 = env.tmp / "t1", env.tmp / "t2"
+    t1.mkdir(), t2.mkdir()
+    unpack_layer(str(one), str(t1), "none", limits=Limits(shared=budget))
+    with pytest.raises(ResourceExhausted, match="the image's layers together hold more than 1500 bytes"):
+        unpack_layer(str(two), str(t2), "none", limits=Limits(shared=budget))
+    assert budget.bytes == 1000
+
+
+def zstd_bomb(content: int) -> bytes:
+    """A zstd layer holding one file of *content* zero bytes, compressed as
+    it is made (never held whole)."""
+    info = tarfile.TarInfo("zeros")
+    info.size = content
+    info.mtime = MTIME
+    out = io.BytesIO()
+    writer = zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False)
+    writer.write(info.tobuf(tarfile.GNU_FORMAT))
+    zeros = bytes(1 << 20)
+    left = content
+    while left:
+        writer.write(zeros[:min(left, len(zeros))])
+        left -= min(left, len(zeros))
+    writer.write(bytes(-content % 512 + 1024))
+    writer.close()
+    return out.getvalue()
+
+
+def test_zstd_bomb_is_refused_before_it_is_written(env: Env) -> None:
+    blob = zstd_bomb(64 << 20)
+    assert len(blob) < 16 << 10
+    path = env.write_blob(blob)
+    with pytest.raises(ResourceExhausted, match="more than 1048576 bytes"):
+        unpack_layer(str(path), str(env.target), limits=Limits(max_bytes=1 << 20, max_inodes=100))
+    assert not (env.target / "zeros").exists()
+
+
+def test_stream_longer_than_the_budgets_allow(env: Env) -> None:
+    # Data the extractor skips (aufs bookkeeping) still has to be read.
+    tar = make_tar([F(".wh..wh.plnk/junk", b"z" * (1 << 20))])
+    limits = Limits(max_bytes=1000, max_inodes=10)
+    import rktlet.image.unpack as unpack_module
+
+    slack = unpack_module._STREAM_SLACK
+    unpack_module._STREAM_SLACK = 0
+    try:
+        with pytest.raises(ResourceExhausted, match="uncompressed tar stream is longer than"):
+            unpack_layer(str(env.write_blob(tar)), str(env.target), "none", limits=limits)
+    finally:
+        unpack_module._STREAM_SLACK = slack
+
+
+def test_cancelled_unpack_stops(env: Env) -> None:
+    control = Control()
+    control.cancel()
+    with pytest.raises(UnpackCancelled):
+        unpack_layer(str(env.write_blob(make_tar(SIMPLE))), str(env.target), "none", control=control)
+
+
+def test_cancel_from_another_thread_stops_a_long_unpack(env: Env) -> None:
+    import threading
+
+    path = env.write_blob(zstd_bomb(256 << 20))
+    control = Control()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            unpack_layer(str(path), str(env.target), control=control)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while control.offset < (4 << 20) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    control.cancel()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], UnpackCancelled), errors
+    assert control.offset < 256 << 20
+
+
 # -- speed (opt-in) ----------------------------------------------------------------
 
 
@@ -673,3 +832,31 @@ def test_throughput(env: Env, compression: str, capsys) -> None:
     with capsys.disabled():
         print(f"\n{compression}: {n} files, {len(tar) / 1e6:.0f} MB tar in {elapsed:.2f} s = "
               f"{len(tar) / 1e6 / elapsed:.0f} MB/s")
+
+
+def replacement_layer(entries: int) -> bytes:
+    """*entries* tar members: directories, then each one replaced by a file
+    (the pattern that made pending directory times scale quadratically)."""
+    half = entries // 2
+    members = [D(f"d{i}") for i in range(half)] + [F(f"d{i}", b"x") for i in range(half)]
+    return make_tar(members, tarfile.GNU_FORMAT)
+
+
+@pytest.mark.skipif(not os.environ.get("RKTLET_UNPACK_BENCH"), reason="benchmark: set RKTLET_UNPACK_BENCH=1")
+def test_directory_replacement_is_linear(env: Env, capsys) -> None:
+    """RKTLET_UNPACK_BENCH_ENTRIES (default 100000) entries, half of them
+    replacing a directory by a file; prints entries/s at sizes n/4, n/2, n."""
+    total = int(os.environ.get("RKTLET_UNPACK_BENCH_ENTRIES", "100000"))
+    for n in (total // 4, total // 2, total):
+        tar = make_tar([D("x")]) if n == 0 else replacement_layer(n)
+        blob = compress(tar, "gzip")
+        target = env.tmp / f"bench-{n}"
+        target.mkdir()
+        path = env.write_blob(blob, f"bench-{n}.gz")
+        start = time.perf_counter()
+        result = unpack_layer(str(path), str(target), "gzip")
+        elapsed = time.perf_counter() - start
+        assert result.diff_id == diff_id(tar)
+        with capsys.disabled():
+            print(f"\ndirectory replacement: {n} entries ({len(blob) / 1024:.0f} KiB gzip) in {elapsed:.2f} s "
+                  f"= {n / elapsed:.0f} entries/s")
