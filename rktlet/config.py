@@ -218,6 +218,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max-image-config-size", 4 << 20, "refuse an image whose config blob is larger than this (bytes, or 4Mi)", _size),
     Option("max-manifest-size", 4 << 20, "refuse a manifest or index larger than this (bytes, or 4Mi)", _size),
     Option("max-concurrent-downloads", 3, "layer downloads in flight at once, across all pulls", _count),
+    Option("grpc-workers", 128,
+           "CRI calls served at once (each waiting call, e.g. StopContainer in its grace period, holds one)", _count),
+    Option("blocking-threads", 32, "threads for blocking file-system work (unpacking, cgroups, disk usage)", _count),
     Option("nri-socket", "", "unix socket NRI plugins connect to (made mode 0600, its directory 0700); empty: no NRI"),
     Option("nri-request-timeout", 2.0, "time an NRI plugin has to answer one event (seconds, or 30s/5m/1h)", _duration),
     Option(
@@ -258,6 +261,8 @@ class Config:
     max_image_config_size: int = OPTIONS_BY_KEY["max-image-config-size"].default
     max_manifest_size: int = OPTIONS_BY_KEY["max-manifest-size"].default
     max_concurrent_downloads: int = OPTIONS_BY_KEY["max-concurrent-downloads"].default
+    grpc_workers: int = OPTIONS_BY_KEY["grpc-workers"].default
+    blocking_threads: int = OPTIONS_BY_KEY["blocking-threads"].default
     nri_socket: str = OPTIONS_BY_KEY["nri-socket"].default
     nri_request_timeout: float = OPTIONS_BY_KEY["nri-request-timeout"].default
     nri_sync_timeout: float = OPTIONS_BY_KEY["nri-sync-timeout"].default

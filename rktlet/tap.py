@@ -125,6 +125,9 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         log.warn("{error}; container monitors will be PID 1's children", error=str(e))
     claim = claim_socket(config.socket)
     try:
+        # Long file-system work (unpacking, cgroup removal, disk-usage walks)
+        # must leave threads for the quick reads Status and the stats need.
+        reactor.suggestThreadPoolSize(config.blocking_threads)
         threadpool = reactor.getThreadPool()
         layout = cgroups.detect()
         in_use: list = []  # filled below: the container manager exists after the image manager
@@ -199,6 +202,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             generic_handler(IMAGE_SERVICE, ImageService(engine, bridge), pb),
         ],
         bridge,
+        max_workers=config.grpc_workers,
     )
     grpc_service.setServiceParent(top)
     # Added last: started after, stopped before, the services above.

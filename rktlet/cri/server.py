@@ -31,7 +31,12 @@ class GrpcServerService(Service):
     :param claim: the socket path this daemon owns (``socket_claim``).
     :param handlers: the gRPC handlers, one per CRI service.
     :param bridge: closed on stop, so waiting workers are released.
-    :param max_workers: size of the worker thread pool.
+    :param max_workers: size of the worker thread pool: calls served at
+        once. A call that waits (StopContainer in its grace period, a pull,
+        ExecSync, an event stream) holds a worker all along, so there are
+        many: cheap calls (Status, the lists the kubelet makes every second)
+        must always find one. Past 8 calls queued per worker, new calls are
+        refused with RESOURCE_EXHAUSTED instead of queueing without bound.
     """
 
     name = "cri-grpc"
@@ -41,7 +46,7 @@ class GrpcServerService(Service):
         claim: SocketClaim,
         handlers: Sequence[grpc.GenericRpcHandler],
         bridge: ReactorBridge,
-        max_workers: int = 16,
+        max_workers: int = 128,
     ) -> None:
         self._claim = claim
         self._handlers = handlers
@@ -54,6 +59,7 @@ class GrpcServerService(Service):
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="cri"),
             handlers=list(self._handlers),
+            maximum_concurrent_rpcs=self._max_workers * 8,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),

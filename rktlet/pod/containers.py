@@ -226,20 +226,28 @@ class ContainerManager:
         """Prepare a container in a pod; returns its record (CREATED).
         *log_path* is relative to the pod's log directory ('' for none)."""
         sb = self._sandboxes.get(sandbox_id)
-        if sb.state != READY:
-            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
+        self._check_pod_accepts_containers(sb)
+        full_log_path = ""
         if log_path:
             # The kubelet's log path is relative to the pod's log directory,
             # the one RunPodSandbox recorded.
             if not os.path.isabs(sb.log_directory):
                 raise InvalidArgument(f"config.log_path {log_path!r}: pod sandbox {sb.id} has no log directory")
-            log_path = os.path.join(sb.log_directory, log_path)
+            full_log_path = os.path.join(sb.log_directory, log_path)
         key = f"{sb.id}/{config.name}/{attempt}"
         existing_id = self._by_key.get(key)
         if existing_id is not None:
             existing = self.containers[existing_id]
             if existing.fingerprint == fingerprint:
-                return existing  # a retry of a create that already happened
+                # A retry: the first create's result, once it is done (it
+                # holds the container's lock while it works).
+                first = self._lock(existing_id)
+                await first.acquire()
+                first.release()
+                if self.containers.get(existing_id) is existing:
+                    return existing
+                return await self.create(sandbox_id, config, image, attempt, fingerprint, labels, annotations,
+                                         log_path, stop_signal, user_specified_image)  # the first one failed
             raise AlreadyExists(f"container name {config.name!r} (attempt {attempt}) in pod {sb.id} is reserved by "
                                 f"container {existing.id} with a different config")
         record = self._images.find(image)
@@ -258,13 +266,17 @@ class ContainerManager:
             image_digest_ref=(record.repo_digests or [""])[0], user_specified_image=user_specified_image,
             labels=dict(labels), annotations=dict(annotations),
             # conmon needs a log; without one from the kubelet it goes beside the writable layer.
-            log_path=log_path or os.path.join(self._layers, container_id, "container.log"),
+            log_path=full_log_path or os.path.join(self._layers, container_id, "container.log"),
             mounts=[{"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
                      "propagation": m.propagation} for m in config.mounts],
             bundle=os.path.join(self._bundles, container_id), layer_dir=os.path.join(self._layers, container_id),
             chain_ids=list(record.chain_ids), tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
             stop_signal=stop_signal or image_config.stop_signal or "SIGTERM",
         )
+        # Held until the container is made (or undone): RemoveContainer, and
+        # RemovePodSandbox through it, wait for it instead of racing it.
+        lock = self._lock(container_id)
+        await lock.acquire()
         self._by_key[key] = container_id
         self.containers[container_id] = c
         if self.nri is not None:
@@ -279,6 +291,7 @@ class ContainerManager:
             c.user = {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids),
                       "username": user.username}
             c.resources = spec.get("linux", {}).get("resources", {})
+            self._check_pod_accepts_containers(sb)  # not removed while the bundle was made
             self._store.save(c)
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
@@ -288,13 +301,24 @@ class ContainerManager:
             self._store.delete(container_id)
             self.containers.pop(container_id, None)
             self._by_key.pop(key, None)
-            await self._in_thread(self._remove_files, c)
+            try:
+                await self._in_thread(self._remove_files, c)
+            finally:
+                self._locks.pop(container_id, None)
+                lock.release()
             raise
+        lock.release()
         log.info("container {id} ({name}) created in pod {pod}", id=container_id, name=config.name, pod=sb.id)
         self._publish(event_kinds.CREATED, c)
         if self.nri is not None:
             self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
         return c
+
+    def _check_pod_accepts_containers(self, sb: Sandbox) -> None:
+        if sb.id in self._sandboxes.removing or self._sandboxes.find(sb.id) is not sb:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is being removed: it accepts no new container")
+        if sb.state != READY:
+            raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
 
     @staticmethod
     def _narrow_modes(c: Container) -> None:

@@ -100,6 +100,8 @@ class SandboxManager:
         self.remove_containers: Callable[[Sandbox], Awaitable[None]] | None = None
         # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
         self.nri: Any = None
+        # Ids of sandboxes being removed: they accept no new container.
+        self.removing: set[str] = set()
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -401,6 +403,13 @@ class SandboxManager:
         made and its record. Idempotent."""
 
         async def remove(sb: Sandbox) -> None:
+            self.removing.add(sb.id)  # no new container from now on
+            try:
+                await remove_now(sb)
+            finally:
+                self.removing.discard(sb.id)
+
+        async def remove_now(sb: Sandbox) -> None:
             if self.stop_containers is not None:
                 await self.stop_containers(sb, True)
             if self.nri is not None and sb.state == READY:

@@ -296,3 +296,65 @@ def test_removing_a_pod_leaves_other_pods_in_its_cgroup_alone(pod, tmp_path):
     # The last pod in the cgroup removed what the first one made.
     if os.path.isdir(memory_root):
         assert not os.path.exists(memory_root + parent)
+
+
+def test_cheap_calls_stay_quick_while_many_stops_wait_out_their_grace(pod):
+    """40 StopContainer calls each waiting out a grace period (sleep as PID 1
+    ignores SIGTERM) hold 40 gRPC workers; Status and ListContainers, which
+    the kubelet makes every second, must still be answered at once."""
+    import concurrent.futures
+
+    daemon, pod_id, pod_cfg, image, _ = pod
+    ids = []
+    for i in range(40):
+        cid = create(daemon, pod_id, pod_cfg, container_config(f"stubborn{i}", image, command=["sleep", "300"]))
+        start(daemon, cid)
+        ids.append(cid)
+    grace = 10
+    with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        stops = [pool.submit(daemon.runtime().StopContainer,
+                             pb.StopContainerRequest(container_id=cid, timeout=grace), timeout=60) for cid in ids]
+        time.sleep(1)  # every stop is now waiting
+        worst = 0.0
+        for _ in range(5):
+            began = time.monotonic()
+            daemon.runtime().Status(pb.StatusRequest(), timeout=30)
+            daemon.runtime().ListContainers(pb.ListContainersRequest(), timeout=30)
+            worst = max(worst, time.monotonic() - began)
+        waiting = sum(not f.done() for f in stops)
+        for f in stops:
+            f.result()
+    assert waiting == 40  # the stops were really holding their workers meanwhile
+    # Well under the grace period: nothing waited for a worker to come free.
+    assert worst < grace / 2, worst
+
+
+def test_create_racing_pod_removal_leaves_no_orphan(daemon, test_network, pushed_images, tmp_path):
+    """CreateContainer and RemovePodSandbox at the same moment: whichever
+    wins, no container record, mount or bundle outlives the pod (also not
+    across a restart)."""
+    import concurrent.futures
+
+    image = pushed_images["busybox"].ref
+    daemon.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for i in range(12):
+            cfg = pod_config(name=f"race{i}", log_directory=str(tmp_path / "logs"))
+            pod_id = run_pod(daemon, cfg)
+            request = pb.CreateContainerRequest(pod_sandbox_id=pod_id, sandbox_config=cfg,
+                                                config=container_config("c", image, command=["sleep", "30"]))
+            created = pool.submit(daemon.runtime().CreateContainer, request, timeout=30)
+            time.sleep(0.002 * (i % 6))  # land the removal at different points of the create
+            daemon.runtime().RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=30)
+            try:
+                created.result()
+            except grpc.RpcError as e:
+                assert e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND), e
+            left = daemon.runtime().ListContainers(
+                pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=pod_id)), timeout=10).containers
+            assert list(left) == [], i
+    daemon.stop()
+    daemon.start()
+    assert list(daemon.runtime().ListContainers(pb.ListContainersRequest(), timeout=10).containers) == []
+    with open("/proc/self/mountinfo") as f:
+        assert not [line for line in f if f"{daemon.base}/" in line and "/containers/" in line]
