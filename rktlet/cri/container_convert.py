@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 from rktlet.cri.proto import known, pb
 from rktlet.errors import InvalidArgument, Unimplemented
@@ -29,8 +30,28 @@ def _profile(message: pb.SecurityProfile, present: bool, field: str) -> Profile 
     return Profile(kind, message.localhost_ref)
 
 
-def resources(r: pb.LinuxContainerResources) -> Resources:
-    """CRI resources as the spec builder takes them."""
+_CPU_LIST = re.compile(r"^\s*\d+(-\d+)?(,\d+(-\d+)?)*\s*$")
+
+
+def resources(r: pb.LinuxContainerResources, field: str = "resources") -> Resources:
+    """CRI resources as the spec builder takes them.
+
+    :raises InvalidArgument: a value no kernel takes (a CFS period outside
+        1 ms – 1 s, a CPU or memory node list that is not a list).
+    """
+    if r.cpu_period and not 1000 <= r.cpu_period <= 1_000_000:
+        raise InvalidArgument(f"{field}.cpu_period: {r.cpu_period} is not between 1000 and 1000000 (µs)")
+    if 0 < r.cpu_quota < 1000:
+        raise InvalidArgument(f"{field}.cpu_quota: {r.cpu_quota} is below the kernel's minimum of 1000 (µs)")
+    if r.cpu_shares and not 2 <= r.cpu_shares <= 262144:
+        raise InvalidArgument(f"{field}.cpu_shares: {r.cpu_shares} is not between 2 and 262144")
+    if 0 < r.memory_swap_limit_in_bytes < r.memory_limit_in_bytes:
+        raise InvalidArgument(f"{field}.memory_swap_limit_in_bytes: {r.memory_swap_limit_in_bytes} is below "
+                              f"memory_limit_in_bytes {r.memory_limit_in_bytes} (the limit covers memory and swap)")
+    for name in ("cpuset_cpus", "cpuset_mems"):
+        value = getattr(r, name)
+        if value and not _CPU_LIST.match(value):
+            raise InvalidArgument(f"{field}.{name}: {value!r} is not a list like 0-3,5")
     return Resources(
         cpu_period=r.cpu_period, cpu_quota=r.cpu_quota, cpu_shares=r.cpu_shares,
         memory_limit=r.memory_limit_in_bytes, memory_swap_limit=r.memory_swap_limit_in_bytes,
@@ -98,7 +119,7 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         tty=c.tty,
         stdin=c.stdin,
         stdin_once=c.stdin_once,
-        resources=resources(c.linux.resources),
+        resources=resources(c.linux.resources, "config.linux.resources"),
         security=security,
         annotations=tuple(sorted(c.annotations.items())),
     )

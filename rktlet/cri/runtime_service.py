@@ -190,7 +190,7 @@ class RuntimeService(StreamingRPCs, Servicer):
     def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: grpc.ServicerContext
     ) -> pb.UpdateContainerResourcesResponse:
-        resources = container_convert.resources(request.linux)
+        resources = container_convert.resources(request.linux, "linux")
         self._on_reactor(context, self._engine.containers.update_resources, request.container_id, resources)
         return pb.UpdateContainerResourcesResponse()
 

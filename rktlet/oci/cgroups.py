@@ -475,5 +475,11 @@ def apply_resources(layout: Layout, path: str, resources: dict) -> list[str]:
         try:
             _write(file, value)
         except OSError as e:
-            raise RuntimeFailure(f"set {file} to {value}: {os.strerror(e.errno or 0)}") from None
+            message = f"set {file} to {value}: {os.strerror(e.errno or 0)}"
+            if e.errno in (errno.EINVAL, errno.ERANGE, errno.EOVERFLOW, errno.EBUSY):
+                # The kernel refused the value itself (a CPU that is not
+                # there, a limit out of range or below what the pod uses
+                # now): the request's fault.
+                raise InvalidArgument(message) from None
+            raise RuntimeFailure(message) from None
     return [file for file, _ in writes]

@@ -623,6 +623,11 @@ def _describe(cmd: Sequence[str]) -> str:
     return repr(text if len(text) <= 200 else text[:200] + "…")
 
 
+#: runc's words when the process it was to run (exec, or a container's
+#: command) could not be started: not found, not executable.
+RUNC_EXEC_FAILED = "unable to start container process: exec: "
+
+
 async def exec_sync(reactor: Any, runtime: OCIRuntime, container_id: str, bundle: str, cmd: Sequence[str],
                     timeout: float, limit: int = EXEC_SYNC_OUTPUT_LIMIT) -> tuple[int, bytes, bytes]:
     """Run *cmd* in the running container and return ``(exit_code, stdout,
@@ -664,6 +669,10 @@ async def exec_sync(reactor: Any, runtime: OCIRuntime, container_id: str, bundle
     if timed_out:
         raise DeadlineExceeded(f"command {_describe(cmd)} timed out after {timeout:g}s")
     if result.runc_error:
+        if RUNC_EXEC_FAILED in result.runc_error:
+            # The command itself cannot be run (not found, not executable):
+            # the request's fault, named by its field.
+            raise InvalidArgument(f"cmd[0] {cmd[0]!r} cannot be run in container {container_id}: {result.runc_error}")
         raise RuntimeFailure(f"exec in container {container_id}: {result.runc_error}")
     stdout, stderr = bytes(out.data), bytes(err.data)
     cut_out = cut_err = False

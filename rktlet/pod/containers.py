@@ -28,6 +28,7 @@ from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_j
 from rktlet.oci import cgroups, mounts, users
 from rktlet.oci.conmon import Conmon, Monitor
 from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
+from rktlet.oci.exec import RUNC_EXEC_FAILED
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
 from rktlet.pod import ids
@@ -56,6 +57,10 @@ def _inode(path: str) -> int | None:
 def _own_oom_score_adj() -> int:
     with open("/proc/self/oom_score_adj") as f:
         return int(f.read().strip())
+
+
+#: runc update's words when the kernel refused a value of the request.
+_REFUSED_VALUE = ("unable to set memory limit", ": invalid argument", ": device or resource busy")
 
 
 class ContainerManager:
@@ -420,6 +425,10 @@ class ContainerManager:
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = time.time_ns()
                 self._store.save(c)
+                if RUNC_EXEC_FAILED in str(e):
+                    # Its command is not there or not executable: the
+                    # container's config is at fault, not the runtime.
+                    raise FailedPrecondition(f"container {c.id} cannot start: {e}") from None
                 raise
             c.state, c.started_at = RUNNING, started_at
             self._store.save(c)
@@ -585,7 +594,15 @@ class ContainerManager:
             self._store.save(c)
             return
         sb = self._sandboxes.get(c.sandbox_id)
-        await self._runtimes[sb.handler].update(c.id, resources)
+        try:
+            await self._runtimes[sb.handler].update(c.id, resources)
+        except RuntimeFailure as e:
+            # runc's words when the kernel refuses a value for this
+            # container (a memory limit below what it uses now, a swap
+            # limit below the memory limit): the request's fault.
+            if any(words in str(e) for words in _REFUSED_VALUE):
+                raise InvalidArgument(f"linux: {e}") from None
+            raise
         c.resources.update(resources)
         self._store.save(c)
 

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from rktlet.cri.proto import pb
-from rktlet.errors import DeadlineExceeded, FailedPrecondition, NotFound, RuntimeFailure
+from rktlet.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from rktlet.oci.exec import exec_sync
 from tests.integration.test_exec_support import make_world, pids_running
 from tests.support.waiting import wait_for
@@ -103,7 +103,8 @@ async def test_cancelling_kills_the_command(world, sleeper):
 
 @pytest_twisted.ensureDeferred
 async def test_runc_failures_are_errors_not_output(world, sleeper):
-    with pytest.raises(RuntimeFailure) as e:
+    # A command that cannot be run is the request's fault, named as such.
+    with pytest.raises(InvalidArgument) as e:
         await exec_sync(reactor, world.runtime, sleeper.id, sleeper.bundle, ["/no/such/binary"], 10)
     assert "/no/such/binary" in str(e.value) and "time=" not in str(e.value)
     assert bundle_leftovers(sleeper.bundle) == []

@@ -249,3 +249,18 @@ def test_pod_log_directory_must_be_absolute():
         request.config.log_directory = bad
         with pytest.raises(InvalidArgument, match="log_directory"):
             sandbox_convert.sandbox_spec(request)
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"cpu_period": 10}, "cpu_period"),
+    ({"cpu_quota": 5}, "cpu_quota"),
+    ({"cpu_shares": 1}, "cpu_shares"),
+    ({"memory_limit_in_bytes": 1 << 30, "memory_swap_limit_in_bytes": 1 << 20}, "memory_swap_limit_in_bytes"),
+    ({"cpuset_cpus": "["}, "cpuset_cpus"),
+])
+def test_resource_values_no_kernel_takes_are_invalid_argument(fields, field):
+    with pytest.raises(InvalidArgument, match=f"linux.{field}"):
+        container_convert.resources(pb.LinuxContainerResources(**fields), "linux")
+    ok = container_convert.resources(pb.LinuxContainerResources(cpu_period=100000, cpu_quota=20000, cpu_shares=2,
+                                                                cpuset_cpus="0-1,3"), "linux")
+    assert ok.cpu_shares == 2 and ok.cpuset_cpus == "0-1,3"
