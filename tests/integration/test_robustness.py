@@ -114,6 +114,17 @@ def _is_repeated(f) -> bool:
     return f.is_repeated
 
 
+def _state_is(status_call, want: int) -> bool:
+    """Whether the object a Status call asks about is in state *want* (a
+    gone object is not)."""
+    try:
+        return status_call().status.state == want
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return False
+
+
 @dataclass
 class World:
     """The real objects of the test, which requests refer to."""
@@ -399,27 +410,17 @@ class Fuzz:
                 self.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=w.image)), timeout=60)
                 status = self.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=w.image)), timeout=10)
             w.image_id = status.image.id
-            alive = False
-            if w.pod_id:
-                try:
-                    s = self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=w.pod_id), timeout=10)
-                    alive = s.status.state == pb.SANDBOX_READY
-                except grpc.RpcError as e:
-                    if e.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
+            alive = bool(w.pod_id) and _state_is(
+                lambda: self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=w.pod_id), timeout=10),
+                pb.SANDBOX_READY)
             if not alive:
                 self.generation += 1
                 w.pod_config = pod_config(name=f"main{self.generation}", log_directory=os.path.join(w.tmp, "logs", "main"))
                 w.pod_id = self.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=w.pod_config), timeout=60).pod_sandbox_id
                 w.container_id = ""
-            running = False
-            if w.container_id:
-                try:
-                    s = self.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=w.container_id), timeout=10)
-                    running = s.status.state == pb.CONTAINER_RUNNING
-                except grpc.RpcError as e:
-                    if e.code() != grpc.StatusCode.NOT_FOUND:
-                        raise
+            running = bool(w.container_id) and _state_is(
+                lambda: self.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=w.container_id), timeout=10),
+                pb.CONTAINER_RUNNING)
             if not running:
                 self.generation += 1
                 config = container_config(f"main{self.generation}", w.image, command=[
