@@ -83,6 +83,16 @@ class Attachment:
         """The fields as JSON (for the cache file)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Attachment":
+        """An attachment as :meth:`as_json` wrote it.
+
+        :raises TypeError, ValueError: *doc* has another shape.
+        """
+        fields = dict(doc)
+        fields["port_mappings"] = tuple(PortMapping(**p) for p in fields.get("port_mappings") or ())
+        return cls(**fields)
+
 
 @dataclass(frozen=True)
 class NetworkResult:
@@ -208,6 +218,19 @@ class CNI:
         except FileNotFoundError:
             return []
         return sorted({n.rsplit("-", 1)[0] for n in names if n.endswith(".json") and "-" in n})
+
+    def cached_attachments(self) -> dict[str, Attachment]:
+        """Blocking: the attachment of every cached ADD, by sandbox id (what
+        a DEL needs when the sandbox record is gone); unusable entries are
+        logged and left out."""
+        out = {}
+        for container_id in self.cached_ids():
+            entry = self.cached(container_id)
+            try:
+                out[container_id] = Attachment.from_json((entry or {})["attachment"])
+            except (KeyError, TypeError, ValueError) as e:
+                log.warn("CNI cache of {id} has no usable attachment: {error}", id=container_id, error=repr(e))
+        return out
 
     def cached(self, container_id: str) -> dict | None:
         """The cached ADD of a sandbox (``network``, ``result``,

@@ -148,16 +148,13 @@ class SandboxManager:
         """Try the failed CNI DELs again, with the configuration and
         attachment their ADD used (the pod's namespace is gone: plugins
         release what they hold outside it). One that fails stays pending."""
-        for sandbox_id in self.pending_cni_deletes():
-            entry = self._cni.cached(sandbox_id)
-            if entry is None or not isinstance(entry.get("attachment"), dict):
-                continue
+        cached = await self._in_thread(self._cni.cached_attachments)
+        for sandbox_id, attachment in cached.items():
+            if sandbox_id in self.sandboxes:
+                continue  # attached, or its own RemovePodSandbox is under way
             try:
-                fields = dict(entry["attachment"])
-                fields["port_mappings"] = tuple(PortMapping(**p) for p in fields.get("port_mappings") or ())
-                attachment = Attachment(**fields)
                 await self._cni.delete(attachment)
-            except (RktletError, TypeError, ValueError) as e:
+            except RktletError as e:
                 log.warn("CNI DEL for removed pod sandbox {id} failed again: {error}", id=sandbox_id, error=e)
                 continue
             log.info("CNI DEL for removed pod sandbox {id} done on retry", id=sandbox_id)

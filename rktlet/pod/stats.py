@@ -13,13 +13,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
 
+from rktlet import logs
 from rktlet.oci import cgroup_metrics, cgroups, namespaces
 from rktlet.oci.cgroup_metrics import CgroupMetrics
 from rktlet.oci.stats import CgroupSample, CpuRates, UsageCache, read_cgroups
 from rktlet.pod.container import RUNNING, Container
 from rktlet.pod.sandbox import READY, Sandbox
+
+log = logs.logger("rktlet.pod.stats")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,18 @@ class PodMetricFigures:
     timestamp_ns: int
     network: dict[str, dict[str, int]]
     containers: tuple[ContainerMetricFigures, ...] = ()
+
+
+def _read_networks(netns: dict[str, str]) -> dict[str, dict[str, dict[str, int]]]:
+    """Blocking: interface counters of each pod (id → pinned netns path); a
+    namespace that cannot be read (the pod going away) gives no counters."""
+    networks = {}
+    for pod_id, path in netns.items():
+        try:
+            networks[pod_id] = namespaces.read_net_dev(path)
+        except Exception:
+            networks[pod_id] = {}
+    return networks
 
 
 class StatsCollector:
@@ -133,16 +149,11 @@ class StatsCollector:
         for f in container_figures:
             figures_by_pod.setdefault(f.container.sandbox_id, []).append(f)
 
+        cgroup_paths = [sb.cgroup_parent for sb in selected]
+        netns = {sb.id: sb.netns for sb in selected if sb.state == READY and sb.netns}
+
         def read_pods() -> tuple[dict[str, CgroupSample | None], dict[str, dict[str, dict[str, int]]]]:
-            samples = read_cgroups(self._layout, [sb.cgroup_parent for sb in selected])
-            networks = {}
-            for sb in selected:
-                if sb.state == READY and sb.netns:
-                    try:
-                        networks[sb.id] = namespaces.read_net_dev(sb.netns)
-                    except Exception:
-                        networks[sb.id] = {}
-            return samples, networks
+            return read_cgroups(self._layout, cgroup_paths), _read_networks(netns)
 
         samples, networks = await deferToThreadPool(self._reactor, self._threadpool, read_pods)
         now = time.time_ns()
@@ -165,35 +176,28 @@ class StatsCollector:
         running = [c for c in self._containers.containers.values()
                    if c.sandbox_id in wanted and c.state == RUNNING]
         paths = {c.id: self._cgroup_of(c) for c in running}
+        layer_dirs = {c.id: c.layer_dir for c in running}
+        netns = {sb.id: sb.netns for sb in pods if sb.netns}
         layout = self._layout
 
         def read() -> tuple[dict, dict, dict, dict]:
             cg = [p for p in paths.values() if p]
-            samples = read_cgroups(layout, cg)
-            extended = cgroup_metrics.read_many(layout, cg)
-            fs = {c.id: (cgroup_metrics.filesystem(c.layer_dir), cgroup_metrics.filesystem_device(c.layer_dir))
-                  for c in running}
-            networks = {}
-            for sb in pods:
-                if sb.netns:
-                    try:
-                        networks[sb.id] = namespaces.read_net_dev(sb.netns)
-                    except Exception:
-                        networks[sb.id] = {}
-            return samples, extended, fs, networks
+            fs = {cid: (cgroup_metrics.filesystem(d), cgroup_metrics.filesystem_device(d))
+                  for cid, d in layer_dirs.items()}
+            return read_cgroups(layout, cg), cgroup_metrics.read_many(layout, cg), fs, _read_networks(netns)
 
         samples, extended, fs, networks = await deferToThreadPool(self._reactor, self._threadpool, read)
-        usage = {}
-        for c in running:
-            # A metrics scrape wants a figure: wait for the first walk of a
-            # layer not measured yet, use the cache (refreshed behind) after.
-            upper = f"{c.layer_dir}/upper"
-            usage[c.id] = self._usage.get(upper)
-            if usage[c.id] is None:
-                try:
-                    usage[c.id] = await self._usage.measure(upper)
-                except OSError:
-                    pass
+        # A metrics scrape wants a figure: the first walk of a layer not
+        # measured yet is waited for (all at once), the cache used after.
+        usage = {c.id: self._usage.get(f"{c.layer_dir}/upper") for c in running}
+        unmeasured = [cid for cid, value in usage.items() if value is None]
+        measured = await DeferredList(
+            [ensureDeferred(self._usage.measure(f"{layer_dirs[cid]}/upper")) for cid in unmeasured],
+            consumeErrors=True)
+        for cid, (ok, value) in zip(unmeasured, measured):
+            if not ok and not value.check(OSError):  # OSError: the layer went away meanwhile
+                log.failure("measuring the writable layer of container {id} failed", failure=value, id=cid)
+            usage[cid] = value if ok else None
         now = time.time_ns()
         by_pod: dict[str, list[ContainerMetricFigures]] = {}
         for c in running:

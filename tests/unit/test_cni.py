@@ -361,3 +361,11 @@ def test_result_ips_shapes():
     # 0.2.0
     assert result_ips({"ip4": {"ip": "10.1.2.3/16"}, "ip6": {"ip": "fd00::3/64"}}, "eth0") == ("10.1.2.3", "fd00::3")
     assert result_ips({}, "eth0") == ()
+
+
+def test_attachment_round_trips_through_its_cache_form():
+    att = Attachment(container_id="a" * 64, netns="/run/x/ns/net", pod_name="p", pod_namespace="n", pod_uid="u",
+                     port_mappings=(PortMapping(8080, 80, "tcp", ""),), dns={"servers": ["10.0.0.10"]})
+    assert Attachment.from_json(json.loads(json.dumps(att.as_json()))) == att
+    with pytest.raises(TypeError):
+        Attachment.from_json({"container_id": "x", "unknown": 1})
