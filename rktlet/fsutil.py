@@ -20,12 +20,14 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
 
-def make_dir(path: str, mode: int = PRIVATE_DIR) -> None:
+def make_dir(path: str, mode: int = PRIVATE_DIR, narrow: bool = True) -> None:
     """``mkdir -p`` *path* where every directory this makes, and *path*
     itself even when it existed already, gets exactly *mode*: the umask does
     not apply (``os.makedirs(mode=…)`` is subject to it and leaves existing
     directories as they are) and a directory left wider by an older daemon
-    is narrowed. Parents that existed are left alone."""
+    is narrowed. Parents that existed are left alone; so is an existing
+    *path* with *narrow* false (a directory an operator named, which may be
+    shared, such as ``/run``)."""
     path = os.path.abspath(path)
     missing = []
     current = path
@@ -42,7 +44,7 @@ def make_dir(path: str, mode: int = PRIVATE_DIR) -> None:
             if not os.path.isdir(directory):
                 raise
         os.chmod(directory, mode)
-    if not missing and os.stat(path).st_mode & 0o7777 != mode:
+    if narrow and not missing and os.stat(path).st_mode & 0o7777 != mode:
         os.chmod(path, mode)
 
 

@@ -92,8 +92,16 @@ class Engine:
         is fine here). Leftovers found are deleted in a thread afterwards."""
         # No host user but root may list or enter the state dir: root
         # filesystems, writable layers, unpacked layers and records are below.
-        make_dir(self.config.root, PRIVATE_DIR)
-        make_dir(self.config.run_dir, RUN_DIR_MODE)
+        # The operator may name an existing, shared directory (``/run``):
+        # only an empty one or rktlet's own (it has rktlet's "pods") is
+        # narrowed; in another, every directory rktlet makes is 0700 anyway.
+        for directory, mode in ((self.config.root, PRIVATE_DIR), (self.config.run_dir, RUN_DIR_MODE)):
+            ours = not os.path.isdir(directory) or not os.listdir(directory) or \
+                os.path.isdir(os.path.join(directory, "pods"))
+            make_dir(directory, mode, narrow=ours)
+            if not ours and os.stat(directory).st_mode & 0o077 & ~mode:
+                log.warn("{dir} is mode {mode:o}, wider than rktlet makes it ({want:o}); what rktlet keeps in it "
+                         "is private all the same", dir=directory, mode=os.stat(directory).st_mode & 0o7777, want=mode)
         state = read_json(self._state_path, {}) or {}
         self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
         if self.sandboxes is not None:

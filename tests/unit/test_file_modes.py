@@ -152,3 +152,14 @@ def test_record_stores_and_image_store(tmp_path):
         assert mode(images / d) == 0o700, d
     layer = s.new_layer_dir()
     assert (mode(layer), mode(os.path.join(layer, "diff"))) == (0o700, 0o755)
+
+
+def test_engine_leaves_a_shared_directory_it_was_given_alone(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(0o755)
+    (shared / "someone-elses").mkdir()
+    c = config.load({"root": str(tmp_path / "root"), "run-dir": str(shared),
+                     "cni-conf-dir": str(tmp_path / "net.d")})
+    Engine(c, ImmediateReactor(), InlineThreads()).load()
+    assert mode(shared) == 0o755  # like /run: not rktlet's to narrow
+    assert mode(tmp_path / "root") == 0o700
