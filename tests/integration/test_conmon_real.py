@@ -34,7 +34,7 @@ from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
 from rktlet.oci.procwatch import alive, proc_state
 from rktlet.oci.runtime import OCIRuntime
 from tests.support.images import busybox_layer
-from tests.support.processes import MONITOR_NAMES, reap_orphans
+from tests.support.processes import MONITOR_NAMES, live_cmdlines, reap_orphans
 from tests.support.waiting import sleep, wait_for
 
 pytestmark = pytest.mark.root
@@ -56,20 +56,8 @@ async def exited(monitor: Monitor, timeout: float = 15.0) -> tuple[int, int, boo
 
 def conmon_pids_for(marker: str) -> list[int]:
     """Pids of live conmon processes whose command line mentions *marker*."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == b"conmon" and marker.encode() in b" ".join(argv) and state != b"Z":
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, cmdline in live_cmdlines()
+            if os.path.basename(cmdline.split(b"\0")[0]) == b"conmon" and marker.encode() in cmdline.replace(b"\0", b" ")]
 
 
 class Lab:

@@ -39,6 +39,7 @@ from tests.support.containers import container_config, create, start, status
 from tests.support.daemon import Daemon
 from tests.support.network import TestNetwork
 from tests.support.pods import pod_config, pod_status, remove_all_pods, run_pod
+from tests.support.processes import live_cmdlines
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 
@@ -69,20 +70,7 @@ def open_fds() -> dict[int, str]:
 def pids_running(*argv_words: str) -> list[int]:
     """Live processes (not zombies) whose command line is exactly *argv_words*."""
     wanted = "\0".join(argv_words).encode() + b"\0"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if cmdline == wanted and state not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, cmdline in live_cmdlines() if cmdline == wanted]
 
 
 def alive(pid: int) -> bool:

@@ -41,7 +41,7 @@ from tests.support.images import busybox_image, push_image, web_image
 from tests.support.netns import private_network
 from tests.support.network import TestNetwork
 from tests.support.pods import remove_everything
-from tests.support.processes import MONITOR_NAMES, reap_orphans, spawn_logged, stop_process
+from tests.support.processes import MONITOR_NAMES, read_log, reap_orphans, spawn_logged, stop_process
 from tests.support.registry import LocalRegistry, registry_available
 
 KUBELET_BINARY = os.environ.get("RKTLET_KUBELET") or os.path.join(
@@ -202,11 +202,7 @@ class Kubelet:
         return stop_process(proc, 20, signal.SIGTERM)
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def error_lines(self) -> list[str]:
         """klog error-level lines of its log."""

@@ -11,6 +11,7 @@ import pytest
 
 from rktlet.oci import cgroups
 from tests.kubelet.conftest import BUSYBOX, NODE_NAME, WEB, mounts_under, wait_for
+from tests.support.processes import processes_mentioning
 
 pytestmark = pytest.mark.root
 
@@ -23,20 +24,6 @@ def container(name: str, command=SLEEPER, image: str = BUSYBOX, **fields) -> dic
     if command:
         c["command"] = list(command)
     return c
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            pass
-    return pids
 
 
 def test_pod_runs_logs_and_is_removed_without_leftovers(env):

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import grpc
 
 from rktlet.cri.proto import pb
-from tests.support.processes import CriClients, stop_process
+from tests.support.processes import CriClients, read_log, stop_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -110,11 +110,7 @@ class Daemon(CriClients):
 
     def log(self) -> str:
         """Everything the daemon wrote so far."""
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal the daemon (by PID) and wait; SIGKILL if it lingers.

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Collection, Mapping, Sequence
-from typing import IO, Optional, Union
+from typing import IO, Iterator, Optional, Union
 
 import grpc
 
@@ -28,6 +28,37 @@ def die_with_parent() -> None:
 
 #: The names (comm) of what a killed daemon leaves to the test process.
 MONITOR_NAMES = ("conmon", "runc", "catatonit")
+
+
+def live_cmdlines() -> Iterator[tuple[int, bytes]]:
+    """``(pid, command line)`` of every live process (zombies left out);
+    the command line as in ``/proc/PID/cmdline`` (NUL-separated)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state not in (b"Z", b"X"):
+            yield int(entry), cmdline
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions *text*."""
+    return [pid for pid, cmdline in live_cmdlines() if text.encode() in cmdline]
+
+
+def read_log(path: str) -> str:
+    """All of the log at *path* so far ('' before it exists)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def reap_orphans(names: Optional[Collection[str]] = None) -> list[int]:
