@@ -425,18 +425,8 @@ async def test_kill_created_container(lab):
 
 def _runc_pids(lab: Lab) -> list[int]:
     """Live runc processes (create, init) run with this test's state root."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if lab.runc_root.encode() in cmdline and not cmdline.startswith(b"conmon"):
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, cmdline in live_cmdlines()
+            if lab.runc_root.encode() in cmdline and not cmdline.startswith(b"conmon")]
 
 
 @pytest_twisted.ensureDeferred
