@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import signal as _signal
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, NamedTuple
 
@@ -67,7 +68,7 @@ from rktlet.deferutil import Shared
 from rktlet.errors import DeadlineExceeded, InvalidArgument, RuntimeFailure
 from rktlet.fsutil import PRIVATE_DIR, make_dir
 from rktlet.logs import logger
-from rktlet.oci.procwatch import ProcessEnd, ProcessWatch
+from rktlet.oci.procwatch import ProcessEnd, ProcessWatch, alive
 from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime, clean_message
 
 __all__ = [
@@ -856,6 +857,34 @@ class Conmon:
             self._reactor, conmon_pid, lambda end: self._conmon_ended(monitor, end), self.comm, self.poll_interval,
         ))
         return monitor
+
+    def kill_leftover(self, container_id: str, bundle: str, timeout: float = 5.0) -> int | None:
+        """Blocking (start-up recovery): SIGKILL the monitor an earlier
+        daemon started for *container_id* and that nothing will adopt (with
+        its process group: a ``runc create`` it still runs), and wait until
+        it is gone. The pid comes from ``conmon.pid`` in the bundle and
+        counts only while it is a conmon whose command line names this
+        container. Returns the pid killed, or None."""
+        paths = self.paths(container_id, bundle)
+        try:
+            with open(paths.conmon_pid_file) as f:
+                pid = int(f.read().strip() or 0)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if not alive(pid, self.comm) or container_id.encode() not in argv:
+            return None
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, _signal.SIGKILL)
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+        deadline = time.monotonic() + timeout
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return pid
 
     def monitor(self, container_id: str) -> Monitor | None:
         """The latest :class:`Monitor` made for *container_id*, if any."""

@@ -215,6 +215,16 @@ class OCIRuntime:
             raise self._failure(("state", container_id), f"unexpected output: {out[:200]!r}")
         return state
 
+    async def list_ids(self) -> list[str]:
+        """The ids of every container in this runtime's state root
+        (``runc list --quiet``); none when the state root does not exist."""
+        if not os.path.isdir(self.state_root):
+            return []
+        code, out, message = await self._check("list", "--quiet")
+        if code != 0:
+            raise self._failure(("list", "--quiet"), message)
+        return [line for line in out.decode("utf-8", "replace").split() if line]
+
     async def update(self, container_id: str, resources: dict[str, Any]) -> None:
         """``runc update --resources -``: apply OCI ``linux.resources``
         (*resources*, as in config.json) to a running container."""

@@ -22,16 +22,17 @@ from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
-from rktlet import logs
+from rktlet import debugpoints, logs
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
 from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_json_atomic
 from rktlet.oci import cgroups, mounts, users
 from rktlet.oci.conmon import Conmon, Monitor
 from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
 from rktlet.oci.exec import RUNC_EXEC_FAILED
+from rktlet.oci.procwatch import alive
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
-from rktlet.pod import ids
+from rktlet.pod import ids, recovery
 from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 from rktlet.pod.events import EventHub
@@ -118,6 +119,10 @@ class ContainerManager:
         # containers whose NRI CreateContainer is in progress are hidden.
         self.nri: Any = None
         self._nri_hidden: set[str] = set()
+        # Start-up recovery (rktlet.pod.recovery): CREATED records to check
+        # against the runtime, ids that have files but no record.
+        self._unreconciled: list[Container] = []
+        self._orphans: set[str] = set()
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -145,6 +150,11 @@ class ContainerManager:
             self._narrow_modes(c)
             self.containers[c.id] = c
             self._by_key[c.key] = c.id
+            if c.state == CREATED:
+                # Rule 5 of rktlet.pod.recovery, once the reactor runs; locked
+                # until then, so that no StartContainer comes first.
+                self._lock(c.id).acquire()
+                self._unreconciled.append(c)
             if c.state != RUNNING:
                 continue
             sb = self._sandboxes.find(c.sandbox_id)
@@ -161,6 +171,98 @@ class ContainerManager:
             monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
             self._watch(c, monitor)
             log.info("re-adopted running container {id} (conmon pid {pid})", id=c.id, pid=c.conmon_pid)
+        conmon = next(iter(self._conmons.values()), None)
+        places = [self._bundles, self._layers] + ([conmon.exits_dir, conmon.socket_dir] if conmon else [])
+        self._orphans = recovery.orphan_ids(places, set(self.containers))
+
+    async def reconcile(self) -> None:
+        """Start-up, once the reactor runs: the rules of
+        :mod:`rktlet.pod.recovery` that need the runtime — containers left
+        without a record are removed (rule 7), CREATED records are checked
+        against the runtime (rule 5)."""
+        try:
+            in_runtime: dict[str, list[OCIRuntime]] = {}
+            for runtime in {id(r): r for r in self._runtimes.values()}.values():
+                try:
+                    for container_id in await runtime.list_ids():
+                        in_runtime.setdefault(container_id, []).append(runtime)
+                except RktletError as e:
+                    log.error("start-up: cannot list the runtime's containers: {error}", error=e)
+            orphans = self._orphans | {i for i in in_runtime if i not in self.containers}
+            for container_id in sorted(orphans):
+                try:
+                    await self._remove_orphan(container_id, in_runtime.get(container_id, []))
+                except Exception as e:
+                    log.error("start-up: could not remove container {id}, left without a record: {error}",
+                              id=container_id, error=e)
+        finally:
+            pending, self._unreconciled = self._unreconciled, []
+            for c in pending:
+                try:
+                    await self._reconcile_created(c)
+                except Exception as e:
+                    log.error("start-up: could not check container {id} against the runtime: {error}",
+                              id=c.id, error=e)
+                finally:
+                    self._lock(c.id).release()
+
+    async def _remove_orphan(self, container_id: str, runtimes: list[OCIRuntime]) -> None:
+        """Rule 7: everything of a container that has no record."""
+        bundle = os.path.join(self._bundles, container_id)
+        conmon = next(iter(self._conmons.values()))
+        await self._in_thread(conmon.kill_leftover, container_id, bundle)
+        for runtime in runtimes:
+            await runtime.delete(container_id, force=True)
+        conmon.cleanup(conmon.paths(container_id, bundle))
+        await self._in_thread(self._remove_files, bundle, os.path.join(self._layers, container_id))
+        log.warn("removed container {id}, which a crash left without a record", id=container_id)
+
+    async def _reconcile_created(self, c: Container) -> None:
+        """Rule 5: a container recorded CREATED, against the runtime."""
+        if self.containers.get(c.id) is not c:
+            return
+        runtime, conmon = self.runtime_of(c), self.conmon_of(c)
+        state = await runtime.state(c.id)
+        status = state.get("status") if state else None
+        conmon_pid = 0
+        try:
+            with open(conmon.paths(c.id, c.bundle).conmon_pid_file) as f:
+                conmon_pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        conmon_alive = conmon_pid > 0 and alive(conmon_pid, conmon.comm)
+        outcome = recovery.created_outcome(status, conmon_alive, recovery.bundle_whole(c.bundle))
+        if outcome == recovery.KEEP:
+            return
+        if outcome in (recovery.ADOPT, recovery.EXITED) and state is not None:
+            c.started_at = recovery.runc_created_ns(state) or time.time_ns()
+        if outcome == recovery.ADOPT:
+            c.conmon_pid, c.container_pid = conmon_pid, int(state.get("pid") or 0)
+            c.state = RUNNING
+            self._store.save(c)
+            self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
+            log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
+                     "{pid} re-adopted", id=c.id, pid=conmon_pid)
+            self._publish(event_kinds.STARTED, c)
+            return
+        if outcome == recovery.LOST:
+            self._record_exit(c, 255, time.time_ns(), False,
+                              message="its bundle was lost while rktlet was down (a reboot, or a removal cut short)")
+            return
+        ended = conmon.read_exit(c.id, c.bundle) if outcome == recovery.EXITED else None
+        await self._in_thread(conmon.kill_leftover, c.id, c.bundle)
+        await runtime.delete(c.id, force=True)
+        conmon.cleanup(conmon.paths(c.id, c.bundle))
+        if outcome == recovery.UNDO_START:
+            log.warn("container {id} was being started when a crash cut StartContainer short: undone, it is "
+                     "CREATED again", id=c.id)
+            return
+        if ended is not None:
+            self._record_exit(c, *ended)
+        else:
+            self._record_exit(c, 255, time.time_ns(), False,
+                              message="started when a crash cut StartContainer short; its exit was not recorded")
+        self._released.add(c.id)
 
     def layers_in_use(self) -> list[str]:
         """The image layers containers use (kept by image garbage collection)."""
@@ -296,8 +398,10 @@ class ContainerManager:
             c.user = {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids),
                       "username": user.username}
             c.resources = spec.get("linux", {}).get("resources", {})
+            await debugpoints.reached(debugpoints.CONTAINER_CREATE_BUNDLE_MADE, self._reactor)
             self._check_pod_accepts_containers(sb)  # not removed while the bundle was made
             self._store.save(c)
+            await debugpoints.reached(debugpoints.CONTAINER_CREATE_SAVED, self._reactor)
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
                 await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_hidden.discard(container_id))
@@ -307,7 +411,7 @@ class ContainerManager:
             self.containers.pop(container_id, None)
             self._by_key.pop(key, None)
             try:
-                await self._in_thread(self._remove_files, c)
+                await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
             finally:
                 self._locks.pop(container_id, None)
                 lock.release()
@@ -358,11 +462,11 @@ class ContainerManager:
         return spec, notes, user
 
     @staticmethod
-    def _remove_files(c: Container) -> None:
+    def _remove_files(bundle: str, layer_dir: str) -> None:
         """Blocking, idempotent: unmount the root, remove bundle and writable layer."""
-        mounts.unmount(os.path.join(c.bundle, "rootfs"))
-        shutil.rmtree(c.bundle, ignore_errors=True)
-        shutil.rmtree(c.layer_dir, ignore_errors=True)
+        mounts.unmount(os.path.join(bundle, "rootfs"))
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(layer_dir, ignore_errors=True)
 
     def _pod_context(self, sb: Sandbox) -> PodContext:
         host = set()
@@ -412,8 +516,10 @@ class ContainerManager:
                 monitor = await conmon.create(c.id, c.bundle, c.log_path, tty=c.tty, stdin=c.stdin,
                                               stdin_once=c.stdin_once, cgroup=into_pod_cgroup)
                 c.conmon_pid, c.container_pid = monitor.conmon_pid, monitor.container_pid
+                await debugpoints.reached(debugpoints.CONTAINER_START_RUNC_CREATED, self._reactor)
                 started_at = time.time_ns()  # the app cannot run before runc start is asked
                 await runtime.start(c.id)
+                await debugpoints.reached(debugpoints.CONTAINER_START_RUNC_STARTED, self._reactor)
             except RktletError as e:
                 # conmon cleans up after a failed create; after a failed start
                 # runc init and conmon still wait: end them.
@@ -516,9 +622,12 @@ class ContainerManager:
         runtime = self._runtimes[sb.handler if sb else "runc"]
         if timeout > 0:
             await runtime.kill(c.id, c.stop_signal.removeprefix("SIG"))
+            await debugpoints.reached(debugpoints.CONTAINER_STOP_SIGNALLED, self._reactor)
             if await self._wait_exit(monitor, timeout):
                 return
         await runtime.kill(c.id, "KILL", all_processes=True)
+        if timeout <= 0:
+            await debugpoints.reached(debugpoints.CONTAINER_STOP_SIGNALLED, self._reactor)
         if not await self._wait_exit(monitor, 10.0):
             raise RuntimeFailure(f"container {c.id} did not exit after SIGKILL")
 
@@ -553,10 +662,12 @@ class ContainerManager:
             handler = sb.handler if sb else "runc"
             if c.id not in self._released:
                 await self._runtimes[handler].delete(c.id, force=True)
+            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RUNTIME_DELETED, self._reactor)
             conmon = self._conmons[handler]
             conmon.cleanup(conmon.paths(c.id, c.bundle))
             conmon.forget(c.id)  # its Monitor is not needed any more
-            await self._in_thread(self._remove_files, c)
+            await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
+            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_FILES_REMOVED, self._reactor)
             self._store.delete(c.id)
             self.containers.pop(c.id, None)
             if self._by_key.get(c.key) == c.id:

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
-from rktlet import __version__, logs
+from rktlet import __version__, debugpoints, logs
 from rktlet.config import Config
 from rktlet.errors import InvalidArgument
 from rktlet.fsutil import PRIVATE_DIR, make_dir, read_json, write_json_atomic
@@ -102,6 +102,7 @@ class Engine:
             if not ours and os.stat(directory).st_mode & 0o077 & ~mode:
                 log.warn("{dir} is mode {mode:o}, wider than rktlet makes it ({want:o}); what rktlet keeps in it "
                          "is private all the same", dir=directory, mode=os.stat(directory).st_mode & 0o7777, want=mode)
+        debugpoints.warn_if_enabled()
         state = read_json(self._state_path, {}) or {}
         self.pod_cidrs = tuple(state.get("pod_cidrs", ()))
         if self.sandboxes is not None:
@@ -112,6 +113,9 @@ class Engine:
                 )
         if self.containers is not None:
             self.containers.load()
+            # What needs the runtime's word (rktlet.pod.recovery), before
+            # the containers concerned take any request.
+            self._reactor.callWhenRunning(self._reconcile_containers)
         if self.sandboxes is not None:
             # At start-up, then periodically: CNI DELs that failed before.
             self._reactor.callWhenRunning(self.sandboxes.retry_cni_deletes_every, self.config.cni_del_retry_interval)
@@ -120,6 +124,11 @@ class Engine:
             leftovers = self.images.load()
             if any(leftovers):
                 self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
+
+    def _reconcile_containers(self) -> Deferred:
+        d = Deferred.fromCoroutine(self.containers.reconcile())
+        d.addErrback(lambda f: log.failure("start-up reconciliation of containers failed", failure=f))
+        return d
 
     def _collect_versions(self) -> Deferred:
         async def collect() -> None:

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
-from rktlet import logs
+from rktlet import debugpoints, logs
 from rktlet.config import Config
 from rktlet.deferutil import Shared
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError
@@ -311,6 +311,7 @@ class SandboxManager:
             sb.created_cgroups = [d for d in created if d.endswith(sb.cgroup_parent.rstrip("/"))]
             if sb.netns:
                 result = await self._cni.add(self._attachment(sb))
+                await debugpoints.reached(debugpoints.POD_RUN_NETWORK_ATTACHED, self._reactor)
                 sb.network_attached = True
                 sb.network_name = result.network_name
                 sb.ips = list(result.ips)
@@ -414,6 +415,7 @@ class SandboxManager:
             if self.remove_containers is not None:
                 await self.remove_containers(sb)
             await self._teardown(sb, remove=True)
+            await debugpoints.reached(debugpoints.POD_REMOVE_TORN_DOWN, self._reactor)
             if self.nri is not None:
                 await self.nri.remove_pod_sandbox(sb)  # NRI hook
             self._store.delete(sb.id)

@@ -66,6 +66,8 @@ class Daemon(CriClients):
         self.log_path = os.path.join(self.base, "daemon.log")
         self.extra_args = list(extra_args)
         self.command = list(command) if command is not None else None
+        #: more environment variables for the next start (debug points).
+        self.env: dict[str, str] = {}
         self.process: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
 
@@ -87,7 +89,8 @@ class Daemon(CriClients):
         argv = (self.command or twistd_command()) + self.args
         log = open(self.log_path, "ab")
         try:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=daemon_env(), cwd=self.base, **popen_kwargs)
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**daemon_env(), **self.env},
+                                    cwd=self.base, **popen_kwargs)
         finally:
             log.close()
 

@@ -114,7 +114,7 @@ def test_container_manager_narrows_what_an_older_daemon_made(tmp_path):
     manager = ContainerManager.__new__(ContainerManager)
     manager._bundles, manager._layers = str(run / "containers"), str(root / "containers")
     manager._store, manager._runtimes, manager._conmons = store, {"runc": runtime}, {"runc": conmon}
-    manager.containers, manager._by_key = {}, {}
+    manager.containers, manager._by_key, manager._locks, manager._unreconciled = {}, {}, {}, []
     manager._sandboxes = SimpleNamespace(find=lambda _: None)
     manager.load()
     for d in (run / "containers", root / "containers", bundle, layer, run / "exits", run / "s", run / "runtime",
