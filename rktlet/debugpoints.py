@@ -45,8 +45,8 @@ CONTAINER_START_RUNC_STARTED = "container-start:runc-started"
 CONTAINER_STOP_SIGNALLED = "container-stop:signalled"
 # RemoveContainer: deleted from the runtime; files and record remain.
 CONTAINER_REMOVE_RUNTIME_DELETED = "container-remove:runtime-deleted"
-# RemoveContainer: files removed; the record remains.
-CONTAINER_REMOVE_FILES_REMOVED = "container-remove:files-removed"
+# RemoveContainer: the record is deleted; its files remain (removed after the answer).
+CONTAINER_REMOVE_RECORD_DELETED = "container-remove:record-deleted"
 # RunPodSandbox: the CNI ADD succeeded; the pod is still CREATING.
 POD_RUN_NETWORK_ATTACHED = "pod-run:network-attached"
 # RemovePodSandbox: everything released; the record remains.
@@ -55,7 +55,7 @@ POD_REMOVE_TORN_DOWN = "pod-remove:torn-down"
 POINTS = (
     CONTAINER_CREATE_BUNDLE_MADE, CONTAINER_CREATE_SAVED, CONTAINER_START_RUNC_CREATED,
     CONTAINER_START_RUNC_STARTED, CONTAINER_STOP_SIGNALLED, CONTAINER_REMOVE_RUNTIME_DELETED,
-    CONTAINER_REMOVE_FILES_REMOVED, POD_RUN_NETWORK_ATTACHED, POD_REMOVE_TORN_DOWN,
+    CONTAINER_REMOVE_RECORD_DELETED, POD_RUN_NETWORK_ATTACHED, POD_REMOVE_TORN_DOWN,
 )
 
 # How often a paused operation looks whether its file is gone.

@@ -169,13 +169,14 @@ def container_summary(c: Container) -> pb.Container:
 
 
 class SummaryCache:
-    """ListContainers' message for each container, made again only when
-    the container's state changes (the only summary field that does).
+    """ListContainers' message for each container snapshot, made once per
+    snapshot (rktlet.pod.records: a snapshot is a version of its record).
 
     The kubelet lists every container every second; building 200 messages
     with their label and annotation maps is most of such a call's cost.
-    Used from gRPC worker threads at once: entries are only replaced, and a
-    cached message is never changed (responses copy it).
+    Used from gRPC worker threads at once without a lock: entries are only
+    replaced whole, never iterated, and a cached message is never changed
+    (responses copy it); two threads missing at once both build it.
     """
 
     #: Entries kept at most between complete lists (which drop removed
@@ -183,20 +184,20 @@ class SummaryCache:
     LIMIT = 20_000
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[str, pb.Container]] = {}
+        self._entries: dict[str, tuple[Container, pb.Container]] = {}
 
     def summaries(self, containers: list[Container], complete: bool) -> list[pb.Container]:
-        """The messages of *containers*; *complete*: they are all there
-        are (an unfiltered list), so entries of any other are dropped."""
+        """The messages of the snapshots *containers*; *complete*: they are
+        all there are (an unfiltered list), so entries of any other are dropped."""
         entries = self._entries
         if len(entries) > self.LIMIT:
             entries = self._entries = {}
-        kept: dict[str, tuple[str, pb.Container]] = {}
+        kept: dict[str, tuple[Container, pb.Container]] = {}
         out = []
         for c in containers:
             entry = entries.get(c.id)
-            if entry is None or entry[0] != c.state:
-                entry = entries[c.id] = (c.state, container_summary(c))
+            if entry is None or entry[0] is not c:
+                entry = entries[c.id] = (c, container_summary(c))
             kept[c.id] = entry
             out.append(entry[1])
         if complete:

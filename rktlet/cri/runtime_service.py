@@ -93,12 +93,9 @@ class RuntimeService(StreamingRPCs, Servicer):
     def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext
     ) -> pb.PodSandboxStatusResponse:
-        def lookup():
-            sandbox = self._engine.sandboxes.get(request.pod_sandbox_id)
-            info = self._engine.sandboxes.verbose_info(sandbox) if request.verbose else None
-            return sandbox, info
-
-        sandbox, info = self._on_reactor(context, lookup)
+        # Served here, from the sandbox's snapshot: no hop to the reactor.
+        sandbox = self._engine.sandboxes.status(request.pod_sandbox_id)
+        info = self._engine.sandboxes.verbose_info(sandbox) if request.verbose else None
         response = pb.PodSandboxStatusResponse(status=sandbox_convert.sandbox_status(sandbox), timestamp=time.time_ns())
         if info is not None:
             response.info["info"] = json.dumps(info)
@@ -108,7 +105,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         state = sandbox_convert.STATE_NAMES.get(f.state.state) if f.HasField("state") else None
         if f.HasField("state") and state is None:
             return []  # a state rktlet does not know (proto3 enums are open) matches nothing
-        sandboxes = self._on_reactor(context, self._engine.sandboxes.list, f.id, state, dict(f.label_selector))
+        sandboxes = self._engine.sandboxes.list(f.id, state, dict(f.label_selector))  # snapshots, no hop
         return [sandbox_convert.sandbox_summary(s) for s in sandboxes]
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> pb.ListPodSandboxResponse:
@@ -149,7 +146,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         if f.HasField("state") and state is None:
             return []  # CONTAINER_UNKNOWN or a value rktlet does not know: no container is in it
         selector = dict(f.label_selector)
-        containers = self._on_reactor(context, self._engine.containers.list, f.id, f.pod_sandbox_id, state, selector)
+        containers = self._engine.containers.list(f.id, f.pod_sandbox_id, state, selector)  # snapshots, no hop
         complete = not (f.id or f.pod_sandbox_id or state or selector)
         return self._summaries.summaries(containers, complete)
 
@@ -177,11 +174,9 @@ class RuntimeService(StreamingRPCs, Servicer):
             yield response
 
     def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
-        def lookup():
-            container = self._engine.containers.get(request.container_id)
-            return container, self._engine.containers.verbose_info(container) if request.verbose else None
-
-        container, info = self._on_reactor(context, lookup)
+        # Served here, from the container's snapshot: no hop to the reactor.
+        container = self._engine.containers.status(request.container_id)
+        info = self._engine.containers.verbose_info(container) if request.verbose else None
         response = pb.ContainerStatusResponse(status=container_convert.container_status(container))
         if info is not None:
             response.info["info"] = json.dumps(info)

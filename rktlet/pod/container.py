@@ -16,13 +16,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rktlet.pod.records import Record
+
 CREATED = "created"
 RUNNING = "running"
 EXITED = "exited"
 
 
 @dataclass
-class Container:
+class Container(Record):
     """Everything rktlet keeps about one container (persisted as JSON)."""
 
     id: str

@@ -36,6 +36,7 @@ from rktlet.pod import ids, recovery
 from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 from rktlet.pod.events import EventHub
+from rktlet.pod.records import Snapshots
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
@@ -105,7 +106,10 @@ class ContainerManager:
         self._conmons = conmons
         self._cgroups = cgroup_layout
         self.events = events or EventHub()
+        # The live records (reactor thread only) and their published
+        # snapshots (any thread: see rktlet.pod.records).
         self.containers: dict[str, Container] = {}
+        self.snapshots: Snapshots[Container] = Snapshots("container")
         self._by_key: dict[str, str] = {}
         self._monitors: dict[str, Monitor] = {}
         self._locks: dict[str, DeferredLock] = {}
@@ -123,9 +127,27 @@ class ContainerManager:
         # against the runtime, ids that have files but no record.
         self._unreconciled: list[Container] = []
         self._orphans: set[str] = set()
+        # Removed containers whose files are being removed: id → image layers.
+        self._removing: dict[str, list[str]] = {}
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _commit(self, c: Container) -> None:
+        """Persist *c* (atomically), then publish its snapshot — unless NRI
+        plugins have not agreed to it yet (it is published when they do)."""
+        self._store.save(c)
+        if c.id not in self._nri_hidden:
+            self.snapshots.publish(c)
+
+    def _drop(self, c: Container) -> None:
+        """Forget *c*: record deleted, snapshot withdrawn, indexes cleared."""
+        self._store.delete(c.id)
+        self.snapshots.withdraw(c.id)
+        if self.containers.get(c.id) is c:
+            del self.containers[c.id]
+        if self._by_key.get(c.key) == c.id:
+            del self._by_key[c.key]
 
     def _lock(self, container_id: str) -> DeferredLock:
         return self._locks.setdefault(container_id, DeferredLock())
@@ -171,6 +193,8 @@ class ContainerManager:
             monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
             self._watch(c, monitor)
             log.info("re-adopted running container {id} (conmon pid {pid})", id=c.id, pid=c.conmon_pid)
+        for c in self.containers.values():
+            self.snapshots.publish(c)
         conmon = next(iter(self._conmons.values()), None)
         places = [self._bundles, self._layers] + ([conmon.exits_dir, conmon.socket_dir] if conmon else [])
         self._orphans = recovery.orphan_ids(places, set(self.containers))
@@ -239,7 +263,7 @@ class ContainerManager:
         if outcome == recovery.ADOPT:
             c.conmon_pid, c.container_pid = conmon_pid, int(state.get("pid") or 0)
             c.state = RUNNING
-            self._store.save(c)
+            self._commit(c)
             self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
             log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
                      "{pid} re-adopted", id=c.id, pid=conmon_pid)
@@ -247,7 +271,7 @@ class ContainerManager:
             return
         if outcome == recovery.LOST:
             self._record_exit(c, 255, time.time_ns(), False,
-                              message="its bundle was lost while rktlet was down (a reboot, or a removal cut short)")
+                              message="its bundle was lost while rktlet was down (a reboot?)")
             return
         ended = conmon.read_exit(c.id, c.bundle) if outcome == recovery.EXITED else None
         await self._in_thread(conmon.kill_leftover, c.id, c.bundle)
@@ -266,12 +290,17 @@ class ContainerManager:
 
     def layers_in_use(self) -> list[str]:
         """The image layers containers use (kept by image garbage collection)."""
-        return [chain for c in self.containers.values() for chain in c.chain_ids]
+        in_use = [chain for c in self.containers.values() for chain in c.chain_ids]
+        return in_use + [chain for chains in self._removing.values() for chain in chains]
 
     def _publish(self, kind: str, c: Container) -> None:
-        sb = self._sandboxes.find(c.sandbox_id)
-        pod_containers = [x for x in self.containers.values() if x.sandbox_id == c.sandbox_id]
-        self.events.publish(kind, c, sb, pod_containers, time.time_ns())
+        """A lifecycle event, with the snapshots of the container, its pod
+        and the pod's containers (taken only when someone listens)."""
+        if not self.events.listening:
+            return
+        pod_containers = self.snapshots.select(lambda x: x.sandbox_id == c.sandbox_id)
+        self.events.publish(kind, c.snapshot(), self._sandboxes.snapshots.current(c.sandbox_id), pod_containers,
+                            time.time_ns())
 
     # -- lookups -----------------------------------------------------------------
 
@@ -294,36 +323,38 @@ class ContainerManager:
 
     def list(self, id_prefix: str = "", sandbox_prefix: str = "", state: str | None = None,
              labels: dict[str, str] | None = None) -> list[Container]:
-        """Containers matching every filter given (from memory)."""
+        """Snapshots of the containers matching every filter given; any
+        thread (no lookup here blocks or hops to the reactor)."""
         if id_prefix:
             try:
-                one = self.find(id_prefix)
+                one = self.snapshots.find(id_prefix)
             except InvalidArgument:
                 return []
-            candidates = [one] if one else []
+            candidates: list[Container] | None = [one] if one else []
         else:
-            candidates = list(self.containers.values())
+            candidates = None
         sandbox_id = ""
         if sandbox_prefix:
             try:
-                sb = self._sandboxes.find(sandbox_prefix)
+                sb = self._sandboxes.snapshots.find(sandbox_prefix)
             except InvalidArgument:
                 return []
             if sb is None:
                 return []
             sandbox_id = sb.id
-        out = []
-        for c in candidates:
-            if c.id in self._nri_hidden:  # NRI: not made yet
-                continue
-            if sandbox_id and c.sandbox_id != sandbox_id:
-                continue
-            if state is not None and c.state != state:
-                continue
-            if labels and any(c.labels.get(k) != v for k, v in labels.items()):
-                continue
-            out.append(c)
-        return sorted(out, key=lambda c: c.created_at)
+
+        def keep(c: Container) -> bool:
+            return ((not sandbox_id or c.sandbox_id == sandbox_id) and (state is None or c.state == state)
+                    and not (labels and any(c.labels.get(k) != v for k, v in labels.items())))
+
+        return self.snapshots.select(keep, candidates)
+
+    def status(self, id_or_prefix: str) -> Container:
+        """The snapshot of one container, for ContainerStatus; any thread.
+
+        :raises NotFound: no such container (or not agreed by NRI yet).
+        """
+        return self.snapshots.get(id_or_prefix)
 
     # -- CreateContainer -------------------------------------------------------------
 
@@ -400,16 +431,14 @@ class ContainerManager:
             c.resources = spec.get("linux", {}).get("resources", {})
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_BUNDLE_MADE, self._reactor)
             self._check_pod_accepts_containers(sb)  # not removed while the bundle was made
-            self._store.save(c)
+            self._commit(c)
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_SAVED, self._reactor)
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
-                await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_hidden.discard(container_id))
+                await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_agreed(c))
         except BaseException:
             self._nri_hidden.discard(container_id)
-            self._store.delete(container_id)
-            self.containers.pop(container_id, None)
-            self._by_key.pop(key, None)
+            self._drop(c)
             try:
                 await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
             finally:
@@ -422,6 +451,11 @@ class ContainerManager:
         if self.nri is not None:
             self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
         return c
+
+    def _nri_agreed(self, c: Container) -> None:
+        """NRI plugins agreed to *c*: it becomes visible."""
+        self._nri_hidden.discard(c.id)
+        self.snapshots.publish(c)
 
     def _check_pod_accepts_containers(self, sb: Sandbox) -> None:
         if sb.id in self._sandboxes.removing or self._sandboxes.find(sb.id) is not sb:
@@ -530,14 +564,14 @@ class ContainerManager:
                     log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = time.time_ns()
-                self._store.save(c)
+                self._commit(c)
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
                     # container's config is at fault, not the runtime.
                     raise FailedPrecondition(f"container {c.id} cannot start: {e}") from None
                 raise
             c.state, c.started_at = RUNNING, started_at
-            self._store.save(c)
+            self._commit(c)
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
             self._publish(event_kinds.STARTED, c)
@@ -598,7 +632,7 @@ class ContainerManager:
         c.state, c.exit_code, c.finished_at = EXITED, exit_code, max(finished_at, c.started_at)
         c.reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
         c.message = message
-        self._store.save(c)
+        self._commit(c)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
         self._publish(event_kinds.STOPPED, c)
         if self.nri is not None and (sb := self._sandboxes.find(c.sandbox_id)) is not None:
@@ -664,22 +698,42 @@ class ContainerManager:
                 await self._runtimes[handler].delete(c.id, force=True)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RUNTIME_DELETED, self._reactor)
             conmon = self._conmons[handler]
-            conmon.cleanup(conmon.paths(c.id, c.bundle))
             conmon.forget(c.id)  # its Monitor is not needed any more
-            await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
-            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_FILES_REMOVED, self._reactor)
-            self._store.delete(c.id)
-            self.containers.pop(c.id, None)
-            if self._by_key.get(c.key) == c.id:
-                del self._by_key[c.key]
+            # The record goes first; the files follow off the request path.
+            # A crash in between leaves files without a record, which
+            # start-up removes (rule 7 of rktlet.pod.recovery).
+            self._drop(c)
             self._locks.pop(c.id, None)
             self._released.discard(c.id)
+            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
+            self._remove_files_soon(c, conmon)
             log.info("container {id} ({name}) removed", id=c.id, name=c.name)
             if self.nri is not None and sb is not None:
                 await self.nri.remove_container(sb, c)  # NRI hook
             self._publish(event_kinds.DELETED, c)
         finally:
             lock.release()
+
+    def _remove_files_soon(self, c: Container, conmon: Conmon) -> None:
+        """Remove a removed container's files in a thread: conmon's files,
+        the root filesystem mount, bundle and writable layer. Its image
+        layers count as in use until then (they are the overlay's lowers)."""
+        self._removing[c.id] = list(c.chain_ids)
+
+        def remove() -> None:
+            conmon.cleanup(conmon.paths(c.id, c.bundle))
+            self._remove_files(c.bundle, c.layer_dir)
+
+        def done(result: Any) -> None:
+            self._removing.pop(c.id, None)
+
+        def failed(failure: Any) -> None:
+            log.error("removing the files of container {id} failed: {error}; start-up removes what is left",
+                      id=c.id, error=failure.getErrorMessage())
+
+        d = self._in_thread(remove)
+        d.addErrback(failed)
+        d.addBoth(done)
 
     async def stop_pod_containers(self, sb: Sandbox, force: bool) -> None:
         """StopPodSandbox: the pod's running containers are stopped (killed
@@ -702,7 +756,7 @@ class ContainerManager:
             log.info("container {id}: {note}", id=c.id, note=note)
         if c.state != RUNNING:
             c.resources.update(resources)
-            self._store.save(c)
+            self._commit(c)
             return
         sb = self._sandboxes.get(c.sandbox_id)
         try:
@@ -715,7 +769,7 @@ class ContainerManager:
                 raise InvalidArgument(f"linux: {e}") from None
             raise
         c.resources.update(resources)
-        self._store.save(c)
+        self._commit(c)
 
     def linux_resources(self, wanted: Resources) -> dict[str, Any]:
         """OCI ``linux.resources`` for CRI resources, as this host allows them."""

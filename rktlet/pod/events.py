@@ -7,7 +7,6 @@ is dropped with an error rather than slowing the engine or growing memory.
 
 from __future__ import annotations
 
-import copy
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -117,16 +116,21 @@ class EventHub:
             if subscription in self._subscribers:
                 self._subscribers.remove(subscription)
 
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribes (events are not built otherwise)."""
+        return bool(self._subscribers)
+
     def publish(self, kind: str, container: Container, sandbox: Sandbox | None, pod_containers: list[Container],
                 now_ns: int) -> None:
-        """Publish a lifecycle event (reactor thread). Snapshots are taken
-        only when someone listens."""
+        """Publish a lifecycle event (reactor thread). The records given
+        are snapshots (rktlet.pod.records): subscribers read them on their
+        own threads, so they must never change."""
         with self._lock:
             subscribers = list(self._subscribers)
         if not subscribers:
             return
-        event = ContainerEvent(kind, container.id, now_ns, copy.deepcopy(sandbox),
-                               tuple(copy.deepcopy(c) for c in pod_containers))
+        event = ContainerEvent(kind, container.id, now_ns, sandbox, tuple(pod_containers))
         for subscription in subscribers:
             if not subscription._offer(event):
                 self.unsubscribe(subscription)

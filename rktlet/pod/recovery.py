@@ -31,8 +31,8 @@ Container records (``ContainerManager.load`` / ``reconcile``), rule by state
        container deleted from the runtime, conmon's files removed: it is
        CREATED again and StartContainer works;
      - absent: CREATED when the bundle is whole (root filesystem mounted,
-       ``config.json`` there); otherwise (a reboot emptied the run dir, or
-       RemoveContainer was cut short) EXITED 255, saying the bundle was lost.
+       ``config.json`` there); otherwise (a reboot emptied the run dir) EXITED
+       255, saying the bundle was lost.
   6. EXITED: nothing; RemoveContainer deletes what is left of it.
 
 Parts without a record (:func:`orphan_ids`)
@@ -41,6 +41,8 @@ Parts without a record (:func:`orphan_ids`)
      record was saved, or RemoveContainer after its record was deleted) is
      removed: its conmon killed, the container deleted from the runtime, the
      root filesystem unmounted, the directories and files removed.
+     (RemoveContainer deletes the record first and removes the files after
+     answering: a crash in between is this rule's to finish.)
 
 The crash tests (``tests/integration/test_crash_recovery.py``) kill the
 daemon at each step named in :mod:`rktlet.debugpoints` and check these rules.

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rktlet.pod import ids
+from rktlet.pod.records import Record
 
 CREATING = "creating"
 READY = "ready"
@@ -30,7 +31,7 @@ MODE_TARGET = "target"
 
 
 @dataclass
-class Sandbox:
+class Sandbox(Record):
     """Everything rktlet keeps about one pod sandbox (persisted as JSON).
 
     :ivar key: ``namespace/name/uid/attempt``: the kubelet's name for the pod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
@@ -31,6 +31,7 @@ from rktlet.network.default_network import ensure_default_network
 from rktlet.oci import cgroups, infra, mounts, namespaces
 from rktlet.oci.handlers import Handlers
 from rktlet.pod import ids
+from rktlet.pod.records import Snapshots
 from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import SandboxSpec
 from rktlet.pod.store import PodStore
@@ -90,7 +91,10 @@ class SandboxManager:
         self._cni = cni
         self.handlers = handlers
         self._cgroups = cgroup_layout
+        # The live records (reactor thread only) and their published
+        # snapshots (any thread: see rktlet.pod.records).
         self.sandboxes: dict[str, Sandbox] = {}
+        self.snapshots: Snapshots[Sandbox] = Snapshots("pod sandbox")
         self._by_key: dict[str, str] = {}
         self._creating: dict[str, Shared] = {}
         self._locks: dict[str, DeferredLock] = {}
@@ -124,7 +128,7 @@ class SandboxManager:
             if sb.state == READY and not self._intact(sb):
                 log.warn("pod sandbox {id} lost its namespaces or infra process; now NOTREADY", id=sb.id)
                 sb.state = NOTREADY
-                self._store.save(sb)
+                self._commit(sb)
             for d in (sb.dir, os.path.join(sb.dir, "ns")):
                 set_mode(d, PRIVATE_DIR)  # a pod dir an older daemon made
             self._add(sb)
@@ -186,12 +190,20 @@ class SandboxManager:
                 log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
             self._store.delete(sb.id)
 
+    def _commit(self, sb: Sandbox) -> None:
+        """Persist *sb* (atomically), then publish its snapshot."""
+        self._store.save(sb)
+        if self.sandboxes.get(sb.id) is sb:
+            self.snapshots.publish(sb)
+
     def _add(self, sb: Sandbox) -> None:
         self.sandboxes[sb.id] = sb
+        self.snapshots.publish(sb)
         self._by_key[sb.key] = sb.id
 
     def _forget(self, sb: Sandbox) -> None:
         self.sandboxes.pop(sb.id, None)
+        self.snapshots.withdraw(sb.id)
         if self._by_key.get(sb.key) == sb.id:
             del self._by_key[sb.key]
         self._locks.pop(sb.id, None)
@@ -216,25 +228,29 @@ class SandboxManager:
         return sb
 
     def list(self, id_prefix: str = "", state: str | None = None, labels: dict[str, str] | None = None) -> list[Sandbox]:
-        """Sandboxes matching every filter given (served from memory)."""
+        """Snapshots of the sandboxes matching every filter given (pods
+        being created are not listed); any thread."""
         if id_prefix:
             try:
-                sb = self.find(id_prefix)
+                sb = self.snapshots.find(id_prefix)
             except InvalidArgument:
                 return []
-            candidates: Iterable[Sandbox] = [sb] if sb else []
+            candidates: list[Sandbox] | None = [sb] if sb else []
         else:
-            candidates = self.sandboxes.values()
-        out = []
-        for sb in candidates:
-            if sb.state == CREATING:
-                continue
-            if state is not None and sb.state != state:
-                continue
-            if labels and any(sb.labels.get(k) != v for k, v in labels.items()):
-                continue
-            out.append(sb)
-        return sorted(out, key=lambda s: s.created_at)
+            candidates = None
+
+        def keep(sb: Sandbox) -> bool:
+            return (sb.state != CREATING and (state is None or sb.state == state)
+                    and not (labels and any(sb.labels.get(k) != v for k, v in labels.items())))
+
+        return self.snapshots.select(keep, candidates)
+
+    def status(self, id_or_prefix: str) -> Sandbox:
+        """The snapshot of one sandbox, for PodSandboxStatus; any thread.
+
+        :raises NotFound: no such sandbox.
+        """
+        return self.snapshots.get(id_or_prefix)
 
     # -- RunPodSandbox ----------------------------------------------------------
 
@@ -257,7 +273,7 @@ class SandboxManager:
         handler = self.handlers.select(spec.handler, spec.annotations)
         sb = self._new_record(spec, handler)
         self._add(sb)
-        self._store.save(sb)  # CREATING: a crash from here on is undone at start-up
+        self._commit(sb)  # CREATING: a crash from here on is undone at start-up
         operation = Deferred.fromCoroutine(self._create(sb, spec))
         self._creating[sb.id] = Shared(operation, cancel_when_abandoned=False)
         try:
@@ -325,7 +341,7 @@ class SandboxManager:
                 # READY (visible) only once they all agreed (an error undoes it).
                 await self.nri.run_pod_sandbox(sb, commit=lambda: setattr(sb, "state", READY))
             sb.state = READY
-            self._store.save(sb)
+            self._commit(sb)
         except BaseException as e:
             log.error("RunPodSandbox {key} failed: {error}; undoing", key=sb.key, error=e)
             try:
@@ -392,7 +408,7 @@ class SandboxManager:
             await self._teardown(sb, remove=False)
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
-                self._store.save(sb)
+                self._commit(sb)
 
         await self._exclusively(id_or_prefix, stop)
 
@@ -474,7 +490,7 @@ class SandboxManager:
                 # below it: removing it would kill that pod's processes. That
                 # pod takes the cgroups over and removes them when it goes.
                 heir.created_cgroups = sorted(set(heir.created_cgroups) | set(sb.created_cgroups))
-                self._store.save(heir)
+                self._commit(heir)
                 log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
                          id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
             else:

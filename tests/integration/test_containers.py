@@ -190,6 +190,10 @@ def test_list_filters_remove_and_retry(pod):
         runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
     assert runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers == []
     assert not os.path.exists(f"/proc/{info['pid']}")
+    # The files go right after the answer (off the request path).
+    deadline = time.monotonic() + 10
+    while os.listdir(os.path.join(daemon.run_dir, "containers")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert os.listdir(os.path.join(daemon.run_dir, "containers")) == []
 
 

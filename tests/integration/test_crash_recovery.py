@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -52,11 +53,13 @@ class Crashing:
         self.image = image
         self.pod = pod_config(log_directory=logs)
 
-    def start(self, point: str, pause: bool = False) -> "Crashing":
-        """Start with *point* armed: a crash there, or with *pause* a pause
-        until :attr:`pause_file` is removed."""
+    def start(self, point: str = "", pause: bool = False) -> "Crashing":
+        """Start with *point* armed (if any): a crash there, or with *pause*
+        a pause until :attr:`pause_file` is removed."""
         self.pause_file = os.path.join(self.d.base, "paused")
-        if pause:
+        if not point:
+            self.d.env = {}
+        elif pause:
             self.d.env = {points.PAUSE_ENV: point, points.PAUSE_FILE_ENV: self.pause_file}
         else:
             self.d.env = {points.CRASH_ENV: point}
@@ -64,7 +67,7 @@ class Crashing:
         self.d.images().PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=self.image)), timeout=60)
         return self
 
-    def with_container(self, point: str, command: tuple[str, ...] = ("sleep", "300")) -> tuple[str, str]:
+    def with_container(self, point: str = "", command: tuple[str, ...] = ("sleep", "300")) -> tuple[str, str]:
         """Started with *point* armed, a pod and a created container in it:
         ``(pod id, container id)``."""
         self.start(point)
@@ -117,6 +120,9 @@ class Crashing:
         for p in runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
             runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
             runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
+        # Files of removed containers go after the answer: wait a moment.
+        wait_until(lambda: not self.mounts("/containers/") and not self.containers_dirs(),
+                   "the removed containers' files removed", timeout=10)
         assert self.mounts() == []
         assert self.containers_dirs() == []
         assert self.in_runtime() == []
@@ -222,10 +228,9 @@ def test_crash_while_stopping_records_the_exit(crashing):
     c.assert_nothing_left(cid)
 
 
-@pytest.mark.parametrize("point", [points.CONTAINER_REMOVE_RUNTIME_DELETED, points.CONTAINER_REMOVE_FILES_REMOVED])
-def test_crash_while_removing_an_exited_container(crashing, point):
+def test_crash_after_the_runtime_deleted_a_removed_container_leaves_it_removable(crashing):
     c = crashing
-    _, cid = c.with_container(point, ("true",))
+    _, cid = c.with_container(points.CONTAINER_REMOVE_RUNTIME_DELETED, ("true",))
     start(c.d, cid)
     wait_until(lambda: state_of(c, cid) == pb.CONTAINER_EXITED, "the container exited")
     c.crash(lambda: c.d.runtime().RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30))
@@ -236,12 +241,31 @@ def test_crash_while_removing_an_exited_container(crashing, point):
     c.assert_nothing_left(cid)
 
 
-def test_crash_while_removing_a_container_never_started(crashing):
+@pytest.mark.parametrize("started", [True, False])
+def test_crash_after_a_removed_containers_record_is_deleted_sweeps_its_files(crashing, started):
     c = crashing
-    _, cid = c.with_container(points.CONTAINER_REMOVE_FILES_REMOVED)
+    _, cid = c.with_container(points.CONTAINER_REMOVE_RECORD_DELETED, ("true",) if started else ("sleep", "300"))
+    if started:
+        start(c.d, cid)
+        wait_until(lambda: state_of(c, cid) == pb.CONTAINER_EXITED, "the container exited")
     c.crash(lambda: c.d.runtime().RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30))
+    assert c.mounts("/containers/"), "the crash left the root filesystem mounted (else this test proves nothing)"
     c.restart()
-    # Its bundle is gone: it can never start; it is reported ended.
+    assert list(c.d.runtime().ListContainers(pb.ListContainersRequest(), timeout=10).containers) == []
+    wait_until(lambda: not c.mounts("/containers/") and not c.containers_dirs(), "the removed container's files swept")
+    c.assert_nothing_left(cid)
+
+
+def test_a_container_whose_bundle_vanished_while_down_is_reported_ended(crashing):
+    """What a reboot does to a created container (the run dir is a tmpfs):
+    its bundle and root filesystem mount are gone; it can never start."""
+    c = crashing
+    _, cid = c.with_container()
+    c.d.stop()
+    bundle = os.path.join(c.d.run_dir, "containers", cid)
+    subprocess.run(["umount", os.path.join(bundle, "rootfs")], check=True)
+    shutil.rmtree(bundle)
+    c.restart()
     wait_until(lambda: state_of(c, cid) == pb.CONTAINER_EXITED, "the container without a bundle ended")
     s = status(c.d, cid).status
     assert s.exit_code == 255 and "bundle was lost" in s.message

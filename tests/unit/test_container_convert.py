@@ -9,16 +9,18 @@ from rktlet.cri.proto import pb
 from rktlet.pod.container import EXITED, RUNNING, Container
 
 
-def test_summary_cache_rebuilds_on_state_change_and_forgets_removed():
-    a = Container(id="a", sandbox_id="p", name="a", attempt=0, fingerprint="", created_at=1, image="i",
-                  image_ref="sha256:1", state=RUNNING, labels={"k": "v"})
-    b = replace(a, id="b", name="b")
+def test_summary_cache_rebuilds_for_each_new_snapshot_and_forgets_removed():
+    live = Container(id="a", sandbox_id="p", name="a", attempt=0, fingerprint="", created_at=1, image="i",
+                     image_ref="sha256:1", state=RUNNING, labels={"k": "v"})
+    a = live.snapshot()
+    b = replace(live, id="b", name="b").snapshot()
     cache = SummaryCache()
     first = cache.summaries([a, b], complete=True)
     assert [m.id for m in first] == ["a", "b"] and first[0].state == pb.CONTAINER_RUNNING
     assert first[0].labels == {"k": "v"}
     assert cache.summaries([a], complete=False)[0] is first[0]  # reused
-    a.state = EXITED
+    live.state = EXITED
+    a = live.snapshot()  # the next version
     again = cache.summaries([a, b], complete=True)
     assert again[0] is not first[0] and again[0].state == pb.CONTAINER_EXITED
     assert again[1] is first[1]

@@ -19,6 +19,7 @@ from rktlet.pod import containers as containers_module
 from rktlet.pod import sandboxes as sandboxes_module
 from rktlet.pod.container import Container
 from rktlet.pod.containers import ContainerManager
+from rktlet.pod.records import Snapshots
 from rktlet.pod.engine import Engine
 from rktlet.pod.sandbox import Sandbox
 from rktlet.pod.sandboxes import SandboxManager
@@ -115,6 +116,7 @@ def test_container_manager_narrows_what_an_older_daemon_made(tmp_path):
     manager._bundles, manager._layers = str(run / "containers"), str(root / "containers")
     manager._store, manager._runtimes, manager._conmons = store, {"runc": runtime}, {"runc": conmon}
     manager.containers, manager._by_key, manager._locks, manager._unreconciled = {}, {}, {}, []
+    manager.snapshots = Snapshots("container")
     manager._sandboxes = SimpleNamespace(find=lambda _: None)
     manager.load()
     for d in (run / "containers", root / "containers", bundle, layer, run / "exits", run / "s", run / "runtime",
