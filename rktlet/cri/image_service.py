@@ -50,12 +50,14 @@ class ImageService(Servicer):
         return pb.PullImageResponse(image_ref=record.id)
 
     def _images(self, f: pb.ImageFilter, context: grpc.ServicerContext) -> list[pb.Image]:
+        # Image records are immutable and the store's index is replaced on
+        # each change: read here, with no hop to the reactor.
         wanted = f.image.image
         if wanted:
-            record = self._on_reactor(context, self._engine.images.find, wanted)
+            record = self._engine.images.find(wanted)
             records = [record] if record is not None else []
         else:
-            records = self._on_reactor(context, self._engine.images.list)
+            records = self._engine.images.list()
         return [image_to_cri(r) for r in records]
 
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
@@ -67,17 +69,15 @@ class ImageService(Servicer):
     def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
         name = _image_name(request.image, "image")
 
-        def status() -> tuple[Any, Any]:
-            record = self._engine.images.find(name)
-            if record is None or not request.verbose:
-                return record, None
-            return record, self._engine.images.config(record)
-
-        record, config = self._on_reactor(context, status)
+        record = self._engine.images.find(name)  # no hop: see _images
         if record is None:
             return pb.ImageStatusResponse()  # the CRI's answer for an absent image
         response = pb.ImageStatusResponse(image=image_to_cri(record))
         if request.verbose:
+            try:
+                config = self._engine.images.config(record)  # the blob is read once, then cached
+            except FileNotFoundError:
+                return pb.ImageStatusResponse()  # removed meanwhile: absent now
             response.info["info"] = json.dumps(
                 {
                     "imageSpec": config.raw,

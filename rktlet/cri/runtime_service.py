@@ -46,7 +46,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         )
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
-        conditions = self._on_reactor(context, self._engine.conditions)
+        conditions = self._engine.conditions()  # read here: the kubelet asks every few seconds
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(
                 conditions=[
@@ -55,7 +55,7 @@ class RuntimeService(StreamingRPCs, Servicer):
                 ]
             )
         )
-        for name in self._on_reactor(context, self._engine.handler_names):
+        for name in self._engine.handler_names():  # fixed at start-up
             response.runtime_handlers.add(name=name)
         if request.verbose:
             info = self._on_reactor(context, self._engine.status_info)
@@ -64,7 +64,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         return response
 
     def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext) -> pb.RuntimeConfigResponse:
-        driver = self._on_reactor(context, self._engine.cgroup_driver)
+        driver = self._engine.cgroup_driver()  # a constant
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=_CGROUP_DRIVERS[driver]))
 
     def UpdateRuntimeConfig(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 from rktlet import logs
@@ -41,9 +41,10 @@ def _hex(digest: str) -> str:
         raise InvalidArgument(f"malformed digest {digest!r}")
     return hexpart
 
-@dataclass
+@dataclass(frozen=True)
 class ImageRecord:
-    """One image as the store keeps it.
+    """One image as the store keeps it; never changed once made (a change
+    is a new record), so any thread may read the records it finds.
 
     :ivar id: the config digest (``sha256:…``), the CRI image id.
     :ivar repo_tags: ``name:tag`` references pointing at it.
@@ -131,7 +132,7 @@ class ImageStore:
             if missing or not self.has_blob(record.id):
                 log.error("image {id} is incomplete on disk (missing {missing}); dropping its record",
                           id=record.id, missing=missing or [record.id])
-                del self.images[record.id]
+                self.images = {k: v for k, v in self.images.items() if k != record.id}
         if len(self.images) != len(doc.get("images", [])):
             self._save()
         return trash
@@ -194,24 +195,30 @@ class ImageStore:
 
     # -- images -------------------------------------------------------------
 
-    def _save(self) -> None:
+    def _save(self, images: dict[str, ImageRecord] | None = None) -> None:
+        """Persist *images* (default: the current ones), then make them
+        current: :attr:`images` is replaced, never changed in place, so
+        readers on other threads iterate a consistent version."""
+        images = self.images if images is None else images
         write_json_atomic(
             self._records_path,
-            {"version": STORE_VERSION, "images": [asdict(r) for r in sorted(self.images.values(), key=lambda r: r.id)]},
+            {"version": STORE_VERSION, "images": [asdict(r) for r in sorted(images.values(), key=lambda r: r.id)]},
         )
+        self.images = images
 
     def put_image(self, record: ImageRecord) -> ImageRecord:
         """Add or update an image; its tags are taken from any image that
         had them (a tag names one image). Persisted before returning."""
-        existing = self.images.get(record.id)
+        images = dict(self.images)
+        existing = images.get(record.id)
         if existing is not None:
-            record.repo_tags = sorted(set(existing.repo_tags) | set(record.repo_tags))
-            record.repo_digests = sorted(set(existing.repo_digests) | set(record.repo_digests))
-        for other in self.images.values():
-            if other.id != record.id:
-                other.repo_tags = [t for t in other.repo_tags if t not in record.repo_tags]
-        self.images[record.id] = record
-        self._save()
+            record = replace(record, repo_tags=sorted(set(existing.repo_tags) | set(record.repo_tags)),
+                             repo_digests=sorted(set(existing.repo_digests) | set(record.repo_digests)))
+        for other in list(images.values()):
+            if other.id != record.id and set(other.repo_tags) & set(record.repo_tags):
+                images[other.id] = replace(other, repo_tags=[t for t in other.repo_tags if t not in record.repo_tags])
+        images[record.id] = record
+        self._save(images)
         return record
 
     def find(self, name: str) -> ImageRecord | None:
@@ -219,9 +226,10 @@ class ImageStore:
         unique prefix of at least 12 hex digits), a tag or a digest reference."""
         if not name:
             return None
+        images = self.images  # one version throughout (any thread may ask)
         bare = name[len("sha256:"):] if name.startswith("sha256:") else name
         if len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare):
-            matches = [r for r in self.images.values() if r.id[len("sha256:"):].startswith(bare)]
+            matches = [r for r in images.values() if r.id[len("sha256:"):].startswith(bare)]
             if len(matches) == 1:
                 return matches[0]
             if name.startswith("sha256:"):
@@ -230,7 +238,7 @@ class ImageStore:
             ref = references.parse(name)
         except InvalidArgument:
             return None
-        for record in self.images.values():
+        for record in images.values():
             if ref.digest and f"{ref.name}@{ref.digest}" in record.repo_digests:
                 return record
             if not ref.digest and f"{ref.name}:{ref.tag}" in record.repo_tags:
@@ -240,8 +248,10 @@ class ImageStore:
     def remove_image(self, record: ImageRecord) -> None:
         """Forget an image (all its tags and digests). Persisted before
         returning; its layers and blobs go with the next garbage collection."""
-        if self.images.pop(record.id, None) is not None:
-            self._save()
+        if record.id in self.images:
+            images = dict(self.images)
+            del images[record.id]
+            self._save(images)
 
     def garbage(self, layers_in_use: Iterable[str] = (), blobs_in_use: Iterable[str] = ()) -> tuple[list[str], list[str]]:
         """Layers and blobs that no image (and no container, and no pull in

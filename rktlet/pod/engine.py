@@ -1,9 +1,10 @@
 """The pod engine: the one owner of runtime state, living on the reactor thread.
 
-The CRI servicers call it (through the bridge) and convert its answers to
-protobuf; it calls the drivers (``oci``, ``network``, ``image``). Pods and
-containers are added here by later work; today it answers for the runtime as
-a whole: its version, its conditions, its runtime configuration.
+The CRI servicers call it and convert its answers to protobuf: mutating
+calls through the bridge to the reactor thread, reads directly from the
+snapshots the managers publish (``rktlet.pod.records``). It holds the
+image, sandbox and container managers and answers for the runtime as a
+whole: its version, its conditions, its runtime configuration.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import __version__, debugpoints, logs
@@ -160,10 +161,11 @@ class Engine:
         conf dir off the reactor thread)."""
         return self._in_thread(check_readiness, self.config.cni_conf_dir, self.config.cni_bin_dir)
 
-    @inlineCallbacks
-    def conditions(self) -> Any:
-        """Fires with the list of :class:`Condition` the runtime reports."""
-        network: Readiness = yield self.network_readiness()
+    def conditions(self) -> list[Condition]:
+        """The :class:`Condition` list the runtime reports. Blocking (it
+        reads the CNI conf dir): called on a gRPC worker thread, which
+        ``Status`` never leaves, never on the reactor."""
+        network: Readiness = check_readiness(self.config.cni_conf_dir, self.config.cni_bin_dir)
         return [
             Condition("RuntimeReady", True),
             Condition("NetworkReady", network.ready, network.reason, network.message),

@@ -48,9 +48,7 @@ def test_version(engine):
 
 
 def test_conditions_without_network(engine):
-    results = []
-    engine.conditions().addCallback(results.append)
-    runtime, network = results[0]
+    runtime, network = engine.conditions()
     assert (runtime.type, runtime.status) == ("RuntimeReady", True)
     assert (network.type, network.status, network.reason) == ("NetworkReady", False, "NetworkPluginNotReady")
 
