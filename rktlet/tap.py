@@ -130,7 +130,6 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         reactor.suggestThreadPoolSize(config.blocking_threads)
         threadpool = reactor.getThreadPool()
         layout = cgroups.detect()
-        in_use: list = []  # filled below: the container manager exists after the image manager
         images = ImageManager(
             reactor,
             ImageStore(config.root),
@@ -138,7 +137,6 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
                            max_manifest_size=config.max_manifest_size),
             threadpool,
             pull_progress_timeout=config.pull_progress_timeout,
-            layers_in_use=lambda: in_use[0]() if in_use else (),
             limits=ImageLimits(
                 max_bytes=config.max_image_bytes,
                 max_inodes=config.max_image_inodes,
@@ -169,7 +167,6 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
             runtimes, conmons, layout,
         )
-        in_use.append(containers.layers_in_use)
         nri = None
         if config.nri_socket:
             nri = NRI(reactor, config.nri_socket, lambda: (sandboxes.list(), containers.list()),

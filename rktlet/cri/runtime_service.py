@@ -81,13 +81,13 @@ class RuntimeService(StreamingRPCs, Servicer):
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox.id)
 
     def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext) -> pb.StopPodSandboxResponse:
-        self._on_reactor(context, self._engine.sandboxes.stop, request.pod_sandbox_id)
+        self._on_reactor(context, self._engine.stop_pod, request.pod_sandbox_id)
         return pb.StopPodSandboxResponse()
 
     def RemovePodSandbox(
         self, request: pb.RemovePodSandboxRequest, context: grpc.ServicerContext
     ) -> pb.RemovePodSandboxResponse:
-        self._on_reactor(context, self._engine.sandboxes.remove, request.pod_sandbox_id)
+        self._on_reactor(context, self._engine.remove_pod, request.pod_sandbox_id)
         return pb.RemovePodSandboxResponse()
 
     def PodSandboxStatus(

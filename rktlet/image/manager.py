@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
 from twisted.internet.task import LoopingCall
@@ -133,8 +133,6 @@ class ImageManager:
     :param pull_progress_timeout: seconds without progress before a pull is cancelled.
     :param platform: the platform chosen from multi-platform indexes.
     :param unpack: the layer unpacker (``unpack_layer``), replaceable in tests.
-    :param layers_in_use: returns the chain ids that containers use, so
-        garbage collection keeps them.
     :param limits: the caps on an image's content.
     """
 
@@ -147,7 +145,6 @@ class ImageManager:
         pull_progress_timeout: float = 300.0,
         platform: manifests.Platform | None = None,
         unpack: Callable[..., Any] = unpack_layer,
-        layers_in_use: Callable[[], Sequence[str]] = lambda: (),
         limits: ImageLimits | None = None,
     ) -> None:
         self._reactor = reactor
@@ -157,7 +154,8 @@ class ImageManager:
         self._timeout = pull_progress_timeout
         self._platform = platform or manifests.host_platform()
         self._unpack = unpack
-        self._layers_in_use = layers_in_use
+        # Who else uses layers (containers): see keep_layers_used_by.
+        self._layer_users: list[Callable[[], Iterable[str]]] = []
         self._pulls: dict[str, Shared] = {}
         self._progress: dict[str, PullProgress] = {}
         self._layer_jobs: dict[str, Shared] = {}
@@ -173,6 +171,15 @@ class ImageManager:
         self._pinned_blobs: Counter[str] = Counter()
         # The unpacks running, by chain id: their control and the offset last seen.
         self._unpacks: dict[str, list[Any]] = {}
+
+    def keep_layers_used_by(self, user: Callable[[], Iterable[str]]) -> None:
+        """Garbage collection and image removal keep the layers (chain ids)
+        *user* returns, e.g. the container manager's: its containers'
+        root filesystems are overlays of them."""
+        self._layer_users.append(user)
+
+    def _layers_in_use(self) -> list[str]:
+        return [chain for user in self._layer_users for chain in user()]
 
     def close(self) -> Deferred:
         """Close the registry client's pooled connections (at shutdown)."""

@@ -117,8 +117,6 @@ class ContainerManager:
         self._released: set[str] = set()
         self._daemon_oom = _own_oom_score_adj()
         self._host = HostInfo.probe()  # what the spec builder needs to know of this host, read once
-        sandboxes.stop_containers = self.stop_pod_containers
-        sandboxes.remove_containers = self.remove_pod_containers
         # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI);
         # containers whose NRI CreateContainer is in progress are hidden.
         self.nri: Any = None
@@ -735,7 +733,7 @@ class ContainerManager:
         d.addErrback(failed)
         d.addBoth(done)
 
-    async def stop_pod_containers(self, sb: Sandbox, force: bool) -> None:
+    async def stop_pod_containers(self, sb: Sandbox) -> None:
         """StopPodSandbox: the pod's running containers are stopped (killed
         at once: the kubelet has already given each its grace period)."""
         for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:

@@ -85,6 +85,9 @@ class Engine:
         self.stats = stats
         self.streams = streams
         self._state_path = os.path.join(config.root, RUNTIME_STATE_FILE)
+        # The engine composes the managers: no manager reaches into another.
+        if images is not None and containers is not None:
+            images.keep_layers_used_by(containers.layers_in_use)
         self.pod_cidrs: tuple[str, ...] = ()
         self.versions: dict[str, Any] = {}
 
@@ -148,6 +151,16 @@ class Engine:
         if self.containers is not None:
             self.containers.stop_watching()
         return self.images.close() if self.images is not None else None
+
+    # -- pods as a whole: the sandbox and its containers -----------------------
+
+    async def stop_pod(self, id_or_prefix: str) -> None:
+        """StopPodSandbox: the pod's containers, then the pod itself."""
+        await self.sandboxes.stop(id_or_prefix, self.containers)
+
+    async def remove_pod(self, id_or_prefix: str) -> None:
+        """RemovePodSandbox: the pod's containers removed, then the pod."""
+        await self.sandboxes.remove(id_or_prefix, self.containers)
 
     def version(self) -> tuple[str, str, str]:
         """``(runtime_name, runtime_version, runtime_api_version)``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
@@ -62,6 +62,17 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
 
 
+class PodContainers(Protocol):
+    """What stopping and removing a pod needs of its containers (the
+    container manager, handed over by the coordinator: the engine)."""
+
+    async def stop_pod_containers(self, sb: Sandbox) -> None:
+        """Stop the pod's running containers (at once)."""
+
+    async def remove_pod_containers(self, sb: Sandbox) -> None:
+        """Remove the pod's containers."""
+
+
 class SandboxManager:
     """Owns every sandbox record; used on the reactor thread only.
 
@@ -99,9 +110,6 @@ class SandboxManager:
         self._creating: dict[str, Shared] = {}
         self._locks: dict[str, DeferredLock] = {}
         self._pods_dir = os.path.join(config.run_dir, "pods")
-        # Set by the container side: stops / removes a pod's containers.
-        self.stop_containers: Callable[[Sandbox, bool], Awaitable[None]] | None = None
-        self.remove_containers: Callable[[Sandbox], Awaitable[None]] | None = None
         # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
         self.nri: Any = None
         # Ids of sandboxes being removed: they accept no new container.
@@ -396,13 +404,14 @@ class SandboxManager:
 
     # -- Stop / Remove ------------------------------------------------------------
 
-    async def stop(self, id_or_prefix: str) -> None:
-        """StopPodSandbox: stop the containers, detach the network, end the
-        infra process. Idempotent; an unknown id is fine (the CRI says so)."""
+    async def stop(self, id_or_prefix: str, containers: PodContainers | None = None) -> None:
+        """StopPodSandbox: stop the containers (through *containers*, the
+        coordinator's container manager), detach the network, end the infra
+        process. Idempotent; an unknown id is fine (the CRI says so)."""
 
         async def stop(sb: Sandbox) -> None:
-            if self.stop_containers is not None:
-                await self.stop_containers(sb, False)
+            if containers is not None:
+                await containers.stop_pod_containers(sb)
             if self.nri is not None and sb.state == READY:
                 await self.nri.stop_pod_sandbox(sb)  # NRI hook: once, containers stopped, pod still there
             await self._teardown(sb, remove=False)
@@ -412,9 +421,9 @@ class SandboxManager:
 
         await self._exclusively(id_or_prefix, stop)
 
-    async def remove(self, id_or_prefix: str) -> None:
-        """RemovePodSandbox: force-stop, then remove everything the sandbox
-        made and its record. Idempotent."""
+    async def remove(self, id_or_prefix: str, containers: PodContainers | None = None) -> None:
+        """RemovePodSandbox: force-stop, then remove the containers (through
+        *containers*), everything the sandbox made and its record. Idempotent."""
 
         async def remove(sb: Sandbox) -> None:
             self.removing.add(sb.id)  # no new container from now on
@@ -424,12 +433,12 @@ class SandboxManager:
                 self.removing.discard(sb.id)
 
         async def remove_now(sb: Sandbox) -> None:
-            if self.stop_containers is not None:
-                await self.stop_containers(sb, True)
+            if containers is not None:
+                await containers.stop_pod_containers(sb)
             if self.nri is not None and sb.state == READY:
                 await self.nri.stop_pod_sandbox(sb)  # NRI hook: removed without a stop first
-            if self.remove_containers is not None:
-                await self.remove_containers(sb)
+            if containers is not None:
+                await containers.remove_pod_containers(sb)
             await self._teardown(sb, remove=True)
             await debugpoints.reached(debugpoints.POD_REMOVE_TORN_DOWN, self._reactor)
             if self.nri is not None:

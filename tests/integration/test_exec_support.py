@@ -146,8 +146,6 @@ class _Sandboxes:
 
     def __init__(self) -> None:
         self.sandboxes: dict[str, Sandbox] = {}
-        self.stop_containers = None
-        self.remove_containers = None
 
     def find(self, id_or_prefix: str) -> Sandbox | None:
         return self.sandboxes.get(id_or_prefix)
