@@ -32,7 +32,6 @@ from rktlet.image import reference as references
 
 log = logs.logger("rktlet.image.store")
 
-STORE_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 
 def _hex(digest: str) -> str:
@@ -197,7 +196,7 @@ class ImageStore:
     def _save(self) -> None:
         write_json_atomic(
             self._records_path,
-            {"version": STORE_VERSION, "images": [asdict(r) for r in sorted(self.images.values(), key=lambda r: r.id)]},
+            {"images": [asdict(r) for r in sorted(self.images.values(), key=lambda r: r.id)]},
         )
 
     def put_image(self, record: ImageRecord) -> ImageRecord:
