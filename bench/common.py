@@ -51,7 +51,7 @@ import grpc  # noqa: E402
 
 from rktlet.cri.proto import pb, pb_grpc  # noqa: E402
 from rktlet.oci import cgroups  # noqa: E402
-from tests.support.containerd import (  # noqa: E402
+from harness.containerd import (  # noqa: E402
     INSTALL_HINT,
     Containerd,
     containerd_binary,
@@ -59,11 +59,11 @@ from tests.support.containerd import (  # noqa: E402
     descendants,
     unmount_under,
 )
-from tests.support.daemon import Daemon  # noqa: E402
-from tests.support.images import build_image, busybox_image, busybox_layer, push_image  # noqa: E402
-from tests.support.network import NAT_TOOLS, SHARED_CHAINS, TestNetwork, nat_chains, remove_chains  # noqa: E402
-from tests.support.pods import remove_everything  # noqa: E402
-from tests.support.registry import LocalRegistry, registry_available  # noqa: E402
+from harness.daemon import Daemon  # noqa: E402
+from harness.images import build_image, busybox_image, busybox_layer, push_image  # noqa: E402
+from harness.network import NAT_TOOLS, SHARED_CHAINS, TestNetwork, nat_chains, remove_chains  # noqa: E402
+from harness.pods import remove_everything  # noqa: E402
+from harness.registry import LocalRegistry, registry_available  # noqa: E402
 
 RUNTIMES = ("rktlet", "containerd")
 MB = 1_000_000
@@ -481,7 +481,7 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, rktlet_args: t
 def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: Optional[LocalRegistry] = None,
                      pause_ref: str = "", containerd: Optional[str] = None,
                      mirrors: Optional[dict[str, str]] = None, **_: Any) -> Runtime:
-    """containerd with its CRI plugin (``tests/support/containerd.py``), the
+    """containerd with its CRI plugin (``harness/containerd.py``), the
     benchmark's network and ``pause_ref`` as its sandbox image, pulled.
     ``containerd`` is the program (Debian's by default, e.g. a 2.x build),
     ``mirrors`` its ``{upstream host: URL}``."""

@@ -3,7 +3,7 @@
 
 Both runtimes are driven by the same CRI v1 gRPC client code (one channel per
 runtime, every blocking call timed with ``time.perf_counter``), with the same
-busybox image (``tests/support/images.py`` ``busybox_image()``, pushed to a
+busybox image (``harness/images.py`` ``busybox_image()``, pushed to a
 local ``docker-registry`` on 127.0.0.1 and pulled by each runtime before
 anything is timed), the same pod and container configurations (what the
 kubelet sends for a BestEffort pod without ``shareProcessNamespace``) and the

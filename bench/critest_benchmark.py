@@ -29,7 +29,7 @@ tools cache; its runc shim beside it), each time freshly started in new
 temporary directories, and prints p50/p95 per operation and runtime with
 the ratio rktlet/containerd. Every image critest names (``registry.k8s.io``,
 ``gcr.io``, ``k8s.gcr.io`` and ``public.ecr.aws``) is rebuilt offline
-(:mod:`tests.support.critest_images`) and pushed to a local
+(:mod:`harness.critest_images`) and pushed to a local
 ``docker-registry`` on 127.0.0.1, which both runtimes use as the only source
 of those hosts (rktlet: ``--registry-mirror HOST=URL``; containerd: a
 ``hosts.toml`` per host whose ``server`` is the local registry). The whole
@@ -87,10 +87,10 @@ try:
         versions_of,
     )
     from rktlet.cri.proto import pb
-    from tests.support.containerd import containerd_major, unmount_under
-    from tests.support.critest_images import UPSTREAM_HOSTS, build_critest_images, critest_images_available
-    from tests.support.images import File, Layer, build_image, busybox_layer, push_image
-    from tests.support.registry import LocalRegistry
+    from harness.containerd import containerd_major, unmount_under
+    from harness.critest_images import UPSTREAM_HOSTS, build_critest_images, critest_images_available
+    from harness.images import File, Layer, build_image, busybox_layer, push_image
+    from harness.registry import LocalRegistry
 except ImportError as _e:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"bench/critest_benchmark.py: cannot import what it needs ({_e}).\n"
@@ -179,7 +179,7 @@ def push_images(registry: LocalRegistry) -> list[str]:
     for item in build_critest_images():
         push_image(registry, item.path, item.tag, item.image)
         refs.append(item.reference)
-    assert CONTAINER_IMAGE in refs and PAUSE_IMAGE in refs, "tests.support.critest_images lacks an image"
+    assert CONTAINER_IMAGE in refs and PAUSE_IMAGE in refs, "harness.critest_images lacks an image"
     base = busybox_layer()
     for tag in ECR_TAGS:
         ref = f"{ECR_BUSYBOX}:{tag}"

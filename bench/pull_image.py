@@ -63,10 +63,10 @@ try:
         versions_of,
     )
     from rktlet.cri.proto import pb, pb_grpc
-    from tests.support.containerd import INSTALL_HINT, Containerd, containerd_binary
-    from tests.support.daemon import Daemon
-    from tests.support.images import BuiltImage, Dir, File, Layer, build_image, push_image
-    from tests.support.registry import LocalRegistry, registry_available
+    from harness.containerd import INSTALL_HINT, Containerd, containerd_binary
+    from harness.daemon import Daemon
+    from harness.images import BuiltImage, Dir, File, Layer, build_image, push_image
+    from harness.registry import LocalRegistry, registry_available
 except ImportError as _e:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"bench/pull_image.py: cannot import what it needs ({_e}).\n"

@@ -30,12 +30,12 @@ how containerd's shims, which leave containerd, are found), the daemon
 itself excepted. RSS (``VmRSS``) and PSS (``/proc/PID/smaps_rollup``) are
 both summed. The daemon's own RSS growth per pod is reported beside it.
 
-* **rktlet** is started as in the integration tests (``tests/support/daemon.py``,
+* **rktlet** is started as in the integration tests (``harness/daemon.py``,
   log level ``info`` unless ``--rktlet-log-level``), its default network
   replaced by the benchmark's in ``daemon.cni_conf_dir``. With PID
   CONTAINER it starts no process for a pod.
 * **containerd** is Debian's containerd 1.6 with its CRI plugin
-  (``tests/support/containerd.py``): runc v2 shim, cgroupfs,
+  (``harness/containerd.py``): runc v2 shim, cgroupfs,
   ``restrict_oom_score_adj``, and as ``sandbox_image`` a tiny pause-like image
   (busybox-static, ``sleep infinity``) pushed to a local registry on
   127.0.0.1 and pulled over plain HTTP before anything is timed. Each pod is
@@ -106,18 +106,18 @@ try:
     )
     from rktlet.cri.proto import pb, pb_grpc
     from rktlet.oci import cgroups
-    from tests.support.containerd import (
+    from harness.containerd import (
         INSTALL_HINT,
         Containerd,
         containerd_binary,
         descendants,
         unmount_under,
     )
-    from tests.support.daemon import Daemon
-    from tests.support.images import build_image, busybox_layer, push_image
-    from tests.support.network import TestNetwork
-    from tests.support.pods import remove_all_pods
-    from tests.support.registry import LocalRegistry, registry_available
+    from harness.daemon import Daemon
+    from harness.images import build_image, busybox_layer, push_image
+    from harness.network import TestNetwork
+    from harness.pods import remove_all_pods
+    from harness.registry import LocalRegistry, registry_available
 except ImportError as _e:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"bench/sandboxes.py: cannot import what it needs ({_e}).\n"

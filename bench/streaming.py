@@ -111,9 +111,9 @@ try:
         summary,
     )
     from rktlet.cri.proto import pb
-    from tests.support.crictl import find_crictl
-    from tests.support.daemon import free_port
-    from tests.support.processes import stop_process
+    from harness.crictl import find_crictl
+    from harness.daemon import free_port
+    from harness.processes import stop_process
 except ImportError as _e:  # pragma: no cover - depends on the environment
     sys.stderr.write(
         f"bench/streaming.py: cannot import what it needs ({_e}).\n"

@@ -270,11 +270,6 @@ class Config:
     config_file: str | None = None
 
     @property
-    def stream_host(self) -> str:
-        """The host part of ``stream_address`` (brackets kept for IPv6)."""
-        return self.stream_address.rpartition(":")[0]
-
-    @property
     def stream_port(self) -> int:
         """The port part of ``stream_address``."""
         return int(self.stream_address.rpartition(":")[2])

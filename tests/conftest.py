@@ -3,7 +3,7 @@
 * ``daemon``: a real rktlet process in temporary dirs (integration, e2e).
 * ``crictl``: the real crictl bound to that daemon (e2e).
 * ``registry`` / ``pushed_images``: a real local registry with real images
-  (see ``tests/support/fixtures.py``).
+  (see ``harness/fixtures.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from tests.support.crictl import Crictl, find_crictl
-from tests.support.daemon import Daemon, serve
-from tests.support.pods import remove_all_pods
-from tests.support.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
+from harness.crictl import Crictl, find_crictl
+from harness.daemon import Daemon, serve
+from harness.pods import remove_all_pods
+from harness.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -38,7 +38,7 @@ def subreaper():
         yield
         return
     from rktlet.oci.procwatch import become_subreaper
-    from tests.support.processes import reap_orphans
+    from harness.processes import reap_orphans
 
     become_subreaper()
     try:
@@ -54,7 +54,7 @@ def host_network_state():
     if os.geteuid() != 0:
         yield
         return
-    from tests.support.network import HostNetworkState
+    from harness.network import HostNetworkState
 
     state = HostNetworkState()
     try:
@@ -82,7 +82,7 @@ def crictl(daemon):
 def test_network(daemon):
     """A private CNI network in the daemon's conf dir (replacing rktlet's
     default network there); its bridge and IPAM state are removed afterwards."""
-    from tests.support.network import TestNetwork
+    from harness.network import TestNetwork
 
     network = TestNetwork(daemon.cni_conf_dir)
     for name in os.listdir(daemon.cni_conf_dir):

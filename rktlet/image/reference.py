@@ -59,10 +59,6 @@ class Reference:
         """What to ask the registry for: the digest if there is one, else the tag."""
         return self.digest or self.tag or DEFAULT_TAG
 
-    def with_digest(self, digest: str) -> "Reference":
-        """This repository at *digest* (no tag)."""
-        return Reference(self.domain, self.path, None, digest)
-
     @property
     def repo_tag(self) -> str | None:
         """``name:tag`` as ListImages reports it, when pulled by tag."""

@@ -32,7 +32,6 @@ from rktlet.image import reference as references
 
 log = logs.logger("rktlet.image.store")
 
-STORE_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 
 def _hex(digest: str) -> str:
@@ -202,7 +201,7 @@ class ImageStore:
         images = self.images if images is None else images
         write_json_atomic(
             self._records_path,
-            {"version": STORE_VERSION, "images": [asdict(r) for r in sorted(images.values(), key=lambda r: r.id)]},
+            {"images": [asdict(r) for r in sorted(images.values(), key=lambda r: r.id)]},
         )
         self.images = images
 

@@ -14,7 +14,6 @@ from rktlet.network.cni_config import config_files
 
 TEMPLATE = "cni/10-rktlet.conflist"
 FILE_NAME = "10-rktlet.conflist"
-NETWORK_NAME = "rkt.kubernetes.io"
 
 
 def render(subnet: str) -> str:

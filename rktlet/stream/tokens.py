@@ -25,7 +25,6 @@ from rktlet.errors import NotFound, ResourceExhausted
 
 KINDS = ("exec", "attach", "portforward")
 TOKEN_BYTES = 6
-TOKEN_LENGTH = 8
 
 
 def new_token(randbytes: Callable[[int], bytes] = os.urandom) -> str:

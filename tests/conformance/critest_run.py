@@ -10,9 +10,9 @@ In one process, as root:
    network, the port mappings and host-network pods all live in this
    namespace, which disappears with the process);
 2. starts a local registry (``docker-registry``) and pushes every image
-   critest pulls (:mod:`tests.support.critest_images`) under its upstream
+   critest pulls (:mod:`harness.critest_images`) under its upstream
    path;
-3. starts rktlet (:class:`tests.support.daemon.Daemon`) with a CNI bridge
+3. starts rktlet (:class:`harness.daemon.Daemon`) with a CNI bridge
    network and ``--registry-mirror HOST=http://127.0.0.1:PORT`` for every
    upstream host, and NRI on a socket in the work directory;
 4. runs critest with a Ginkgo JSON report (``-nri-socket``: the NRI specs
@@ -190,13 +190,13 @@ def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: 
         isolate: bool = True, keep: bool = False, critest: str = CRITEST, websocket: bool = True) -> int:
     # Imported here: the tests package must be importable from the repo root.
     from rktlet.oci.procwatch import become_subreaper
-    from tests.support.critest_images import UPSTREAM_HOSTS, push_critest_images
-    from tests.support.daemon import Daemon
-    from tests.support.network import TestNetwork
-    from tests.support.pods import remove_all_pods
-    from tests.support.processes import reap_orphans
-    from tests.support.netns import enter_private_network
-    from tests.support.registry import LocalRegistry
+    from harness.critest_images import UPSTREAM_HOSTS, push_critest_images
+    from harness.daemon import Daemon
+    from harness.network import TestNetwork
+    from harness.pods import remove_all_pods
+    from harness.processes import reap_orphans
+    from harness.netns import enter_private_network
+    from harness.registry import LocalRegistry
 
     def on_term(signum, frame):  # run the finally clauses on SIGTERM too
         raise KeyboardInterrupt(f"signal {signum}")

@@ -4,7 +4,7 @@ fully offline.
 The work is done by :mod:`tests.conformance.critest_run`, run as a child
 process: it enters a new network namespace with only loopback, starts a local
 registry holding every image critest pulls (rebuilt from the host's busybox
-by :mod:`tests.support.critest_images`, pushed under their upstream paths),
+by :mod:`harness.critest_images`, pushed under their upstream paths),
 starts rktlet with ``--registry-mirror`` for ``registry.k8s.io``, ``gcr.io``
 and ``k8s.gcr.io`` and a CNI bridge network, runs critest with a Ginkgo JSON
 report, cleans up (pods, processes by PID, temp dirs, critest's host shared
@@ -50,9 +50,9 @@ import sys
 import pytest
 
 from tests.conformance.critest_run import CRITEST, GINKGO
-from tests.support.critest_images import critest_images_available
-from tests.support.daemon import REPO, daemon_env
-from tests.support.registry import registry_available
+from harness.critest_images import critest_images_available
+from harness.daemon import REPO, daemon_env
+from harness.registry import registry_available
 
 pytestmark = pytest.mark.root
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests.support.daemon import Daemon
-from tests.support.pods import remove_all_pods
+from harness.daemon import Daemon
+from harness.pods import remove_all_pods
 
 
 def rktlet_command() -> list[str]:

@@ -8,8 +8,8 @@ import socket
 import subprocess
 import time
 
-from tests.support.daemon import free_port
-from tests.support.network import ping
+from harness.daemon import free_port
+from harness.network import ping
 
 
 def test_pod_lifecycle_with_crictl(crictl, daemon, test_network, tmp_path):

@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from tests.support.daemon import free_port
-from tests.support.images import WEB_INDEX_HTML
+from harness.daemon import free_port
+from harness.images import WEB_INDEX_HTML
 
 
 @pytest.fixture

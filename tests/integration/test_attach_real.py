@@ -20,8 +20,8 @@ from tests.integration.test_exec_support import (
     make_world,
     open_fds,
 )
-from tests.support.waiting import sleep, wait_for, within
-from tests.support.containers import status
+from harness.waiting import sleep, wait_for, within
+from harness.containers import status
 
 pytestmark = pytest.mark.root
 

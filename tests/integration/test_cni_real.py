@@ -28,8 +28,8 @@ from twisted.internet import reactor
 
 from rktlet.errors import RuntimeFailure
 from rktlet.network.cni import CNI, Attachment, PortMapping
-from tests.support.network import NAT_TOOLS, nat_rules, remove_chains, delete_rule
-from tests.support.waiting import wait_for
+from harness.network import NAT_TOOLS, nat_rules, remove_chains, delete_rule
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -54,7 +54,7 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=20)
 
 
-from tests.support.daemon import free_port  # noqa: E402
+from harness.daemon import free_port  # noqa: E402
 
 
 def free_subnet() -> str:

@@ -33,9 +33,9 @@ from rktlet.oci import cgroups, mounts
 from rktlet.oci.conmon import UNKNOWN_EXIT_CODE, Conmon, Monitor
 from rktlet.oci.procwatch import alive, proc_state
 from rktlet.oci.runtime import OCIRuntime
-from tests.support.images import busybox_layer
-from tests.support.processes import MONITOR_NAMES, live_cmdlines, reap_orphans
-from tests.support.waiting import sleep, wait_for
+from harness.images import busybox_layer
+from harness.processes import MONITOR_NAMES, live_cmdlines, reap_orphans
+from harness.waiting import sleep, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -13,10 +13,10 @@ import pytest
 
 from rktlet.cri.proto import pb
 from rktlet.oci.procwatch import proc_state
-from tests.support.containers import container_config, create, log_text, read_log, run_to_exit, start, status, wait_exited
-from tests.support.daemon import Daemon
-from tests.support.network import TestNetwork
-from tests.support.pods import pod_config, remove_all_pods, run_pod
+from harness.containers import container_config, create, log_text, read_log, run_to_exit, start, status, wait_exited
+from harness.daemon import Daemon
+from harness.network import TestNetwork
+from harness.pods import pod_config, remove_all_pods, run_pod
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ import pytest
 
 from rktlet import debugpoints as points
 from rktlet.cri.proto import pb
-from tests.support.containers import container_config, create, start, status
-from tests.support.daemon import Daemon
-from tests.support.network import TestNetwork
-from tests.support.pods import pod_config, pod_status, remove_all_pods, run_pod
-from tests.support.processes import MONITOR_NAMES, processes_mentioning, reap_orphans
+from harness.containers import container_config, create, start, status
+from harness.daemon import Daemon
+from harness.network import TestNetwork
+from harness.pods import pod_config, pod_status, remove_all_pods, run_pod
+from harness.processes import MONITOR_NAMES, processes_mentioning, reap_orphans
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20.0) -> object:

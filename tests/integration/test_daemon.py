@@ -16,7 +16,7 @@ import pytest
 from rktlet.cri.image_service import ImageService
 from rktlet.cri.proto import SERVICES, pb
 from rktlet.cri.runtime_service import RuntimeService
-from tests.support.daemon import Daemon, daemon_env, twistd_command, write_network
+from harness.daemon import Daemon, daemon_env, twistd_command, write_network
 
 
 def status(daemon, verbose=False):

@@ -7,8 +7,8 @@ import threading
 import time
 
 from rktlet.cri.proto import pb
-from tests.support.containers import container_config, create, start, wait_exited
-from tests.support.pods import pod_config, run_pod
+from harness.containers import container_config, create, start, wait_exited
+from harness.pods import pod_config, run_pod
 
 
 def subscribe(daemon):

@@ -23,7 +23,7 @@ from tests.integration.test_exec_support import (
     open_fds,
     pids_running,
 )
-from tests.support.waiting import sleep, wait_for, within
+from harness.waiting import sleep, wait_for, within
 
 pytestmark = pytest.mark.root
 

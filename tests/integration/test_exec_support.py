@@ -35,11 +35,11 @@ from rktlet.pod.container import RUNNING, Container
 from rktlet.pod.containers import ContainerManager
 from rktlet.pod.sandbox import MODE_NODE, MODE_POD, READY, Sandbox
 from rktlet.pod.streaming import StreamingBackend
-from tests.support.containers import container_config, create, start, status
-from tests.support.daemon import Daemon
-from tests.support.network import TestNetwork
-from tests.support.pods import pod_config, pod_status, remove_all_pods, run_pod
-from tests.support.processes import live_cmdlines
+from harness.containers import container_config, create, start, status
+from harness.daemon import Daemon
+from harness.network import TestNetwork
+from harness.pods import pod_config, pod_status, remove_all_pods, run_pod
+from harness.processes import live_cmdlines
 
 RUNC = shutil.which("runc") or "/usr/sbin/runc"
 

@@ -16,7 +16,7 @@ from rktlet.cri.proto import pb
 from rktlet.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from rktlet.oci.exec import exec_sync
 from tests.integration.test_exec_support import make_world, pids_running
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 
 pytestmark = pytest.mark.root
 

@@ -19,10 +19,10 @@ import subprocess
 import pytest
 
 from rktlet.cri.proto import pb
-from tests.support.containers import container_config, create, start
-from tests.support.daemon import Daemon, serve
-from tests.support.images import File, Layer, build_image, busybox_layer, push_image
-from tests.support.pods import pod_config, run_pod
+from harness.containers import container_config, create, start
+from harness.daemon import Daemon, serve
+from harness.images import File, Layer, build_image, busybox_layer, push_image
+from harness.pods import pod_config, run_pod
 
 pytestmark = pytest.mark.root
 

@@ -1,6 +1,6 @@
 """Image pulls through the real daemon when things get hard.
 
-Authentication (Docker token protocol through :mod:`tests.support.registry_proxy`,
+Authentication (Docker token protocol through :mod:`harness.registry_proxy`,
 basic auth on a real ``docker-registry``), corrupted blobs, hostile layers,
 whiteouts through a real overlay mount, stalled and slow downloads, a daemon
 killed mid-pull, concurrent pulls, and registry mirrors.
@@ -33,8 +33,8 @@ import grpc
 import pytest
 
 from rktlet.cri.proto import pb
-from tests.support.daemon import Daemon, free_port
-from tests.support.images import (
+from harness.daemon import Daemon, free_port
+from harness.images import (
     LAYER_MTIME,
     MULTI_LAYER_ABSENT,
     MULTI_LAYER_PRESENT,
@@ -46,8 +46,8 @@ from tests.support.images import (
     busybox_layer,
     push_image,
 )
-from tests.support.registry import LocalRegistry, registry_available
-from tests.support.registry_proxy import RegistryProxy
+from harness.registry import LocalRegistry, registry_available
+from harness.registry_proxy import RegistryProxy
 
 _unavailable = registry_available()
 pytestmark = [

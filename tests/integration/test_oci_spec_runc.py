@@ -41,7 +41,7 @@ from rktlet.oci.container_config import (
 from rktlet.oci.namespaces import create_pinned, remove_pinned
 from rktlet.oci.spec import CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, HostInfo, build_spec
 from rktlet.oci.users import resolve_user
-from tests.support.images import busybox_layer
+from harness.images import busybox_layer
 
 pytestmark = pytest.mark.root
 

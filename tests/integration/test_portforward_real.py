@@ -18,9 +18,9 @@ from rktlet.network.portforward import connect_in_netns
 from rktlet.oci.namespaces import run_in_namespace
 from rktlet.stream.session import PortForwardRequest
 from tests.integration.test_exec_support import fd_target, make_world, open_fds
-from tests.support.waiting import sleep, within
-from tests.support.daemon import free_port
-from tests.support.images import WEB_INDEX_HTML
+from harness.waiting import sleep, within
+from harness.daemon import free_port
+from harness.images import WEB_INDEX_HTML
 
 pytestmark = pytest.mark.root
 

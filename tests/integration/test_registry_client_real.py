@@ -13,8 +13,8 @@ from rktlet.config import Config
 from rktlet.errors import NotFound, PermissionDenied
 from rktlet.image.reference import parse
 from rktlet.image.registry import Credentials, RegistryClient
-from tests.support.images import MEDIA_TYPES
-from tests.support.registry import LocalRegistry, registry_available
+from harness.images import MEDIA_TYPES
+from harness.registry import LocalRegistry, registry_available
 
 _unavailable = registry_available()
 pytestmark = [

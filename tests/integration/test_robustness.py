@@ -61,14 +61,14 @@ from google.protobuf.descriptor import FieldDescriptor as F
 from google.protobuf.message import Message
 
 from rktlet.cri.proto import IMAGE_SERVICE, RUNTIME_SERVICE, pb
-from tests.support.containers import container_config
-from tests.support.daemon import Daemon
-from tests.support.images import busybox_image, push_image
-from tests.support.netns import private_network
-from tests.support.network import TestNetwork
-from tests.support.pods import pod_config, remove_all_pods
-from tests.support.processes import MONITOR_NAMES, reap_orphans
-from tests.support.registry import LocalRegistry, registry_available
+from harness.containers import container_config
+from harness.daemon import Daemon
+from harness.images import busybox_image, push_image
+from harness.netns import private_network
+from harness.network import TestNetwork
+from harness.pods import pod_config, remove_all_pods
+from harness.processes import MONITOR_NAMES, reap_orphans
+from harness.registry import LocalRegistry, registry_available
 
 pytestmark = pytest.mark.root
 

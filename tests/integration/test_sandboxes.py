@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from rktlet.cri.proto import pb
-from tests.support.daemon import Daemon, free_port
-from tests.support.network import TestNetwork, nat_rules_mentioning, ping
-from tests.support.pods import in_netns, pod_config, pod_status, remove_all_pods, run_pod
+from harness.daemon import Daemon, free_port
+from harness.network import TestNetwork, nat_rules_mentioning, ping
+from harness.pods import in_netns, pod_config, pod_status, remove_all_pods, run_pod
 
 
 def pinned_mounts(base: str) -> list[str]:

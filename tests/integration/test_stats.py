@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from rktlet.cri.proto import pb
-from tests.support.containers import container_config, create, start
-from tests.support.network import ping
-from tests.support.pods import pod_config, pod_status, run_pod
+from harness.containers import container_config, create, start
+from harness.network import ping
+from harness.pods import pod_config, pod_status, run_pod
 
 
 def running(daemon, pod_id, pod_cfg, image, name, command):

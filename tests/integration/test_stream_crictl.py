@@ -1,6 +1,6 @@
 """The streaming server driven by the real crictl.
 
-A fake CRI runtime (``tests/support/fake_stream_runtime.py``) serves the
+A fake CRI runtime (``harness/fake_stream_runtime.py``) serves the
 streaming RPCs with rktlet's StreamService and a backend that runs host
 processes; crictl execs, attaches and port-forwards through it over SPDY and
 WebSocket, like against a real runtime. No container runtime is involved.
@@ -31,7 +31,7 @@ import pytest
 
 from rktlet.cri.proto import pb, pb_grpc
 from rktlet.stream.testing import upgrade_request
-from tests.support.crictl import find_crictl
+from harness.crictl import find_crictl
 
 pytestmark = pytest.mark.root
 
@@ -52,7 +52,7 @@ class Runtime:
         open(self.events_path, "w").close()
         self.crictl_binary = find_crictl()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_stream_runtime"]
+            [sys.executable, "-m", "harness.fake_stream_runtime"]
             + ["--socket", self.socket, "--events", self.events_path, *extra],
             cwd=REPO,
             stdout=subprocess.PIPE,

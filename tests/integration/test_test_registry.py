@@ -11,11 +11,11 @@ import tarfile
 
 import pytest
 
-from tests.support import images, registry as registry_module
-from tests.support.registry import LocalRegistry, RegistryError, registry_available
+from harness import images, registry as registry_module
+from harness.registry import LocalRegistry, RegistryError, registry_available
 
 # The ``registry`` and ``pushed_images`` fixtures come from tests/conftest.py
-# (``from tests.support.fixtures import *``).
+# (``from harness.fixtures import *``).
 
 _unavailable = registry_available()
 pytestmark = [

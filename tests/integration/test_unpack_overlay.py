@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rktlet.image.unpack import unpack_layer
-from tests.support.images import (
+from harness.images import (
     BUSYBOX_APPLETS,
     MULTI_LAYER_ABSENT,
     MULTI_LAYER_PRESENT,

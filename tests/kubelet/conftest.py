@@ -12,7 +12,7 @@ Images are pushed to a local registry and named ``registry.k8s.io/...`` in
 the manifests; rktlet pulls them from that registry through
 ``--registry-mirror registry.k8s.io=http://127.0.0.1:PORT``. The registry,
 rktlet, the kubelet and the pods run in a loopback-only network namespace
-(:mod:`tests.support.netns`), so nothing can reach another machine.
+(:mod:`harness.netns`), so nothing can reach another machine.
 
 One registry, one rktlet and one kubelet per test module.
 """
@@ -35,14 +35,14 @@ from typing import Any
 
 import pytest
 
-from tests.support.crictl import Crictl, find_crictl
-from tests.support.daemon import Daemon, free_port
-from tests.support.images import busybox_image, push_image, web_image
-from tests.support.netns import private_network
-from tests.support.network import TestNetwork
-from tests.support.pods import remove_everything
-from tests.support.processes import MONITOR_NAMES, read_log, reap_orphans, spawn_logged, stop_process
-from tests.support.registry import LocalRegistry, registry_available
+from harness.crictl import Crictl, find_crictl
+from harness.daemon import Daemon, free_port
+from harness.images import busybox_image, push_image, web_image
+from harness.netns import private_network
+from harness.network import TestNetwork
+from harness.pods import remove_everything
+from harness.processes import MONITOR_NAMES, read_log, reap_orphans, spawn_logged, stop_process
+from harness.registry import LocalRegistry, registry_available
 
 KUBELET_BINARY = os.environ.get("RKTLET_KUBELET") or os.path.join(
     os.environ.get("RKTLET_TOOLS_CACHE", "/var/cache/rktlet-test-tools"), "kubelet-v1.37.2")

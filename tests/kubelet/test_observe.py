@@ -13,7 +13,7 @@ import pytest
 
 from tests.kubelet.conftest import BUSYBOX, NODE_NAME, WEB, wait_for
 from tests.kubelet.wsclient import WebSocket
-from tests.support.images import WEB_INDEX_HTML
+from harness.images import WEB_INDEX_HTML
 
 pytestmark = pytest.mark.root
 

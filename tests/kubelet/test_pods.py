@@ -11,7 +11,7 @@ import pytest
 
 from rktlet.oci import cgroups
 from tests.kubelet.conftest import BUSYBOX, NODE_NAME, WEB, mounts_under, wait_for
-from tests.support.processes import processes_mentioning
+from harness.processes import processes_mentioning
 
 pytestmark = pytest.mark.root
 

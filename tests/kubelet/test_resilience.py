@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.kubelet.conftest import BUSYBOX, mounts_under, wait_for
-from tests.support.processes import processes_mentioning
+from harness.processes import processes_mentioning
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from rktlet.oci.conmon import Conmon
 from rktlet.oci.procwatch import alive
 from rktlet.oci.runtime import OCIRuntime
-from tests.support.waiting import sleep
+from harness.waiting import sleep
 
 ID = "e" * 64
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 
 from rktlet.errors import RuntimeFailure
 from rktlet.oci.attach import MAX_INPUT_PACKET, STDERR, STDOUT, ResizeCoalescer, start_attach
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 
 
 class Terminal:

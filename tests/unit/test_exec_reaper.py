@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from rktlet.errors import DeadlineExceeded, FailedPrecondition, RuntimeFailure
 from rktlet.oci.exec import exec_sync, start_exec
 from rktlet.oci.runtime import OCIRuntime
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 
 FAKE_RUNC = f"""#!{sys.executable}
 import json, os, sys, time

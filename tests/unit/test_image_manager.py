@@ -1,5 +1,5 @@
 """rktlet.image.manager on fakes: a fake registry serving images built by
-``tests/support/images.py``, a fake unpacker (or the real one where the
+``harness/images.py``, a fake unpacker (or the real one where the
 limits are the point), a Clock for the watchdog, and "threads" that run at
 once or when the test says.
 
@@ -25,7 +25,7 @@ from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import Manifest
 from rktlet.image.store import ImageStore
 from rktlet.image.unpack import Limits, UnpackCancelled, UnpackResult, unpack_layer
-from tests.support.images import BuiltImage, File, Layer, build_image
+from harness.images import BuiltImage, File, Layer, build_image
 
 REGISTRY = "registry.test"
 
@@ -327,7 +327,7 @@ def test_decompression_bomb_is_refused_naming_the_layer(tmp_path) -> None:
     # Swap in the bomb: its digest and diff_id differ, so patch the manifest and config.
     import json
 
-    from tests.support import images as support
+    from harness import images as support
 
     tar = support.decompress(bomb)
     config = image.config_json

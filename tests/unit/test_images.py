@@ -1,4 +1,4 @@
-"""Unit tests of the test-image builder (tests/support/images.py)."""
+"""Unit tests of the test-image builder (harness/images.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import tarfile
 import pytest
 import zstandard
 
-from tests.support import images
-from tests.support.images import (
+from harness import images
+from harness.images import (
     BUSYBOX_APPLETS,
     MEDIA_TYPES,
     Dir,

@@ -40,3 +40,16 @@ def test_systemd_unit():
     unit = (PACKAGING / "rktlet.service").read_text()
     for line in ("KillMode=process", "Delegate=yes", "Type=notify"):
         assert line in unit.splitlines()
+
+
+def test_pyproject_lists_every_package_and_no_test_code():
+    """The package list is explicit: a new rktlet package must be added to
+    it, and the test code (tests/, harness/, bench/) is never installed."""
+    root = README.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "rktlet").rglob("__init__.py")
+    }
+    assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
+    assert not {p for p in listed if p.split(".")[0] in ("tests", "harness", "bench")}

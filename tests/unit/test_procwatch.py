@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from rktlet.oci import procwatch
 from rktlet.oci.procwatch import ProcessEnd, ProcessWatch, alive, proc_state
-from tests.support.waiting import sleep, within
+from harness.waiting import sleep, within
 
 
 def _child(script: str) -> int:

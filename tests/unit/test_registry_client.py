@@ -26,7 +26,7 @@ from rktlet.errors import (
 )
 from rktlet.image.reference import parse
 from rktlet.image.registry import Credentials, RegistryClient, _parse_challenges
-from tests.support.fake_registry import BlobHost, FakeRegistry, Servers, TokenServer, sha256
+from harness.fake_registry import BlobHost, FakeRegistry, Servers, TokenServer, sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

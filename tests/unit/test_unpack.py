@@ -1,7 +1,7 @@
 """rktlet.image.unpack: layer blobs unpacked into overlayfs-ready directories.
 
 Archives are written with :mod:`tarfile` (or the builder of
-``tests/support/images.py``) so every case, hostile ones included, is exact.
+``harness/images.py``) so every case, hostile ones included, is exact.
 Every hostile layer is unpacked next to a sentinel directory that must be
 exactly as it was afterwards.  Needs root (ownership, devices, trusted.*
 xattrs), which the test machine is; overlayfs itself is not needed here.
@@ -34,7 +34,7 @@ from rktlet.image.unpack import (
     detect_compression,
     unpack_layer,
 )
-from tests.support.images import (
+from harness.images import (
     BUSYBOX_APPLETS,
     File,
     Layer,

@@ -80,8 +80,8 @@ from typing import Any, Optional
 import grpc
 
 from rktlet.cri.proto import pb
-from tests.support.pods import remove_everything
-from tests.support.processes import CriClients, spawn_logged, stop_process
+from harness.pods import remove_everything
+from harness.processes import CriClients, spawn_logged, stop_process
 
 __all__ = [
     "Containerd",

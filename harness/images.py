@@ -5,7 +5,7 @@ Images are assembled from :class:`Layer` objects (tar archives written with
 from run to run), wrapped in an image config and a Docker schema 2 or OCI
 manifest by :func:`build_image`, optionally grouped into a multi-platform
 manifest list / OCI index by :func:`build_index`, and pushed to a
-:class:`~tests.support.registry.LocalRegistry` with :func:`push_image`.
+:class:`~harness.registry.LocalRegistry` with :func:`push_image`.
 
 The ready-made images (:func:`busybox_image`, :func:`named_user_image`,
 :func:`web_image`, :func:`multi_layer_image`, :func:`busybox_multiarch_index`)
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import zstandard
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tests.support.registry import LocalRegistry
+    from harness.registry import LocalRegistry
 
 __all__ = [
     # entries

@@ -16,9 +16,9 @@ from typing import Iterator, Sequence
 import grpc
 
 from rktlet.cri.proto import pb
-from tests.support.processes import CriClients, read_log, stop_process
+from harness.processes import CriClients, read_log, stop_process
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port() -> int:
@@ -151,8 +151,8 @@ def write_network(conf_dir: str, name: str = "rktlet-test", plugins: Sequence[st
 def serve(d: Daemon) -> Iterator[Daemon]:
     """Start *d* and yield it; afterwards remove its pods, stop it by PID,
     remove its dirs and reap the monitors it left (for fixtures)."""
-    from tests.support.pods import remove_all_pods
-    from tests.support.processes import MONITOR_NAMES, reap_orphans
+    from harness.pods import remove_all_pods
+    from harness.processes import MONITOR_NAMES, reap_orphans
 
     try:
         yield d.start()

@@ -1,7 +1,7 @@
 """A tiny CRI runtime that only streams: exec/attach/port-forward against the
 HOST, for driving rktlet's streaming server with the real crictl.
 
-Run: ``python -m tests.support.fake_stream_runtime --socket PATH --events FILE
+Run: ``python -m harness.fake_stream_runtime --socket PATH --events FILE
 [--stream-address 127.0.0.1:0] [--token-ttl 60]``. It prints ``READY <base
 url>`` once serving. gRPC (a thread pool) serves Version, Status, Exec,
 Attach, PortForward, ContainerStatus, PodSandboxStatus, ListContainers and

@@ -4,7 +4,7 @@ critest's validation suite (``sigs.k8s.io/cri-tools/pkg/validate``) pulls
 these references; :func:`build_critest_images` builds each one from the
 host's ``/bin/busybox`` (busybox-static) plus a few tiny static C programs
 compiled here with ``gcc -static``, and :func:`push_critest_images` pushes
-them to a :class:`~tests.support.registry.LocalRegistry` under their
+them to a :class:`~harness.registry.LocalRegistry` under their
 upstream repository paths, so that a rktlet started with
 ``--registry-mirror HOST=http://127.0.0.1:PORT`` for every host in
 :data:`UPSTREAM_HOSTS` finds them all there.
@@ -68,7 +68,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tests.support.images import (
+from harness.images import (
     BUSYBOX_PATH,
     DEFAULT_ENV,
     BuiltImage,
@@ -83,7 +83,7 @@ from tests.support.images import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tests.support.registry import LocalRegistry
+    from harness.registry import LocalRegistry
 
 __all__ = [
     "UPSTREAM_HOSTS", "CritestImage", "build_critest_images", "push_critest_images",

@@ -1,7 +1,7 @@
 """pytest fixtures for a real local registry holding the ready-made test images.
 
-Import them into a conftest with ``from tests.support.fixtures import *``
-(or list ``tests.support.fixtures`` in ``pytest_plugins``).
+Import them into a conftest with ``from harness.fixtures import *``
+(or list ``harness.fixtures`` in ``pytest_plugins``).
 
 * ``registry`` (session): a running :class:`LocalRegistry`; skipped when not
   root or when ``docker-registry`` is not installed; always stopped at the end.
@@ -17,7 +17,7 @@ from typing import Union
 
 import pytest
 
-from tests.support.images import (
+from harness.images import (
     BuiltImage,
     BuiltIndex,
     busybox_image,
@@ -28,7 +28,7 @@ from tests.support.images import (
     push_image,
     web_image,
 )
-from tests.support.registry import LocalRegistry, registry_available
+from harness.registry import LocalRegistry, registry_available
 
 __all__ = ["registry", "pushed_images", "PushedImage", "push_ready_made_images"]
 

@@ -4,7 +4,7 @@
 as a child process with filesystem storage in a private temporary directory,
 listening only on loopback.  It also offers small blocking helpers that speak
 the registry HTTP API v2 directly (push/get blobs and manifests), used by the
-image builder in :mod:`tests.support.images` and by tests.
+image builder in :mod:`harness.images` and by tests.
 
 Everything here is plain blocking code meant to run inside tests, never in the
 daemon.  Every started registry is stopped by PID (SIGTERM, then SIGKILL) by
@@ -35,7 +35,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Optional, Union
 
-from tests.support.processes import spawn_logged, stop_process
+from harness.processes import spawn_logged, stop_process
 
 __all__ = [
     "DEFAULT_REGISTRY_BINARY",

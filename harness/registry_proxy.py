@@ -2,7 +2,7 @@
 
 Run as its own process::
 
-    python -m tests.support.registry_proxy --upstream http://127.0.0.1:5000 --port 0 \\
+    python -m harness.registry_proxy --upstream http://127.0.0.1:5000 --port 0 \\
         [--token-auth USER:PASS] [--rate BYTES_PER_SECOND] [--stall-after BYTES]
 
 It listens on 127.0.0.1 only and prints its port on stdout as the first (and
@@ -47,11 +47,11 @@ import time
 from typing import Any, Optional, Union
 from urllib.parse import urlsplit
 
-from tests.support.processes import spawn, stop_process
+from harness.processes import spawn, stop_process
 
 __all__ = ["RegistryProxy", "main"]
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOKEN_LIFETIME = 300
 SERVICE = "rktlet-test"
@@ -391,7 +391,7 @@ def _credentials(text: str) -> tuple[str, str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the proxy until SIGTERM/SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m tests.support.registry_proxy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.registry_proxy", description=__doc__.split("\n")[0])
     parser.add_argument("--upstream", required=True, help="base URL of the registry, http://127.0.0.1:PORT")
     parser.add_argument("--port", type=int, default=0, help="port to listen on, on 127.0.0.1 (0: any free one)")
     parser.add_argument("--token-auth", type=_credentials, metavar="USER:PASS", help="require bearer tokens")
@@ -463,7 +463,7 @@ class RegistryProxy:
     @property
     def argv(self) -> list[str]:
         """The command line of the proxy process."""
-        argv = [sys.executable, "-m", "tests.support.registry_proxy", "--upstream", self.upstream_url, "--port", "0"]
+        argv = [sys.executable, "-m", "harness.registry_proxy", "--upstream", self.upstream_url, "--port", "0"]
         if self.token_auth is not None:
             argv += ["--token-auth", self.token_auth]
         if self.rate is not None:
