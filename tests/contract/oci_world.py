@@ -25,7 +25,22 @@ from tests.fakes import FakeMonitorDriver, FakeRuntime
 WAITER = ["sh", "-c", "while [ ! -e /tmp/exit-code ]; do sleep 0.05; done; exit $(cat /tmp/exit-code)"]
 
 
-class FakeOCI:
+class Started:
+    """What both worlds offer on top of their own ``create``."""
+
+    runtime: Runtime
+
+    async def create(self) -> tuple[str, str, Monitor]:
+        raise NotImplementedError
+
+    async def started(self) -> tuple[str, str, Monitor]:
+        """A container created and started: ``(id, bundle, monitor)``."""
+        container_id, bundle, monitor = await self.create()
+        await self.runtime.start(container_id)
+        return container_id, bundle, monitor
+
+
+class FakeOCI(Started):
     """:class:`FakeRuntime` and :class:`FakeMonitorDriver` on a Clock."""
 
     def __init__(self, base: str) -> None:
@@ -70,7 +85,7 @@ class FakeOCI:
         self.driver.close()
 
 
-class RealOCI:
+class RealOCI(Started):
     """runc and conmon through the lab of ``tests/support/oci_lab.py``."""
 
     def __init__(self) -> None:
@@ -118,10 +133,5 @@ class RealOCI:
 
 
 def make_world(variant: str, tmp_path: Any) -> FakeOCI | RealOCI:
-    """The world of *variant*; the real one is skipped without root, runc or conmon."""
-    if variant == "fake":
-        return FakeOCI(str(tmp_path))
-    from tests.contract.variants import require_real
-
-    require_real("runc", "conmon")
-    return RealOCI()
+    """The world of *variant* (``fake`` or ``real``)."""
+    return FakeOCI(str(tmp_path)) if variant == "fake" else RealOCI()

@@ -26,8 +26,7 @@ async def test_create_start_kill_reports_the_signal_exit(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_an_exit_of_its_own_gives_its_code(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     oci.let_exit(container_id, bundle, 3)
     code, _, oom = await oci.wait(monitor.exited)
     assert (code, oom) == (3, False)
@@ -35,8 +34,7 @@ async def test_an_exit_of_its_own_gives_its_code(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_a_wait_cancelled_leaves_the_others(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     impatient = monitor.exited
     impatient.cancel()
     impatient.addErrback(lambda f: None)
@@ -47,8 +45,7 @@ async def test_a_wait_cancelled_leaves_the_others(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_after_a_restart_the_exit_file_tells_an_exit_that_came_meanwhile(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     conmon_pid, container_pid = monitor.conmon_pid, monitor.container_pid
     driver = oci.restart()  # the daemon is down: nobody watches
     oci.let_exit(container_id, bundle, 5)
@@ -60,8 +57,7 @@ async def test_after_a_restart_the_exit_file_tells_an_exit_that_came_meanwhile(o
 
 @pytest_twisted.ensureDeferred
 async def test_an_adopted_running_monitor_reports_the_end(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     driver = oci.restart()
     adopted = driver.adopt(container_id, bundle, monitor.conmon_pid, monitor.container_pid)
     assert not adopted.exited.called
@@ -72,8 +68,7 @@ async def test_an_adopted_running_monitor_reports_the_end(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_cleanup_removes_the_exit_file_and_is_idempotent(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     await oci.runtime.kill(container_id, "KILL")
     await oci.wait(monitor.exited)
     await oci.runtime.delete(container_id)
@@ -87,8 +82,7 @@ async def test_cleanup_removes_the_exit_file_and_is_idempotent(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_log_reopen_needs_a_live_monitor(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     paths = oci.driver.paths(container_id, bundle)
     oci.driver.reopen_log(paths)
     await oci.runtime.kill(container_id, "KILL")
@@ -101,8 +95,7 @@ async def test_log_reopen_needs_a_live_monitor(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_kill_leftover_kills_an_unadopted_monitor_once(oci):
-    container_id, bundle, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, bundle, monitor = await oci.started()
     driver = oci.restart()
     assert driver.kill_leftover(container_id, bundle) == monitor.conmon_pid
     assert driver.kill_leftover(container_id, bundle) is None

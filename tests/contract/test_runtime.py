@@ -56,8 +56,7 @@ async def test_created_started_killed_deleted(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_a_running_container_is_deleted_only_by_force(oci):
-    container_id, _, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, _, monitor = await oci.started()
     with pytest.raises(RuntimeFailure):
         await oci.runtime.delete(container_id, force=False)
     assert (await oci.runtime.state(container_id))["status"] == "running"
@@ -76,8 +75,7 @@ async def test_a_created_container_is_deleted_without_force(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_an_ignored_signal_leaves_it_running_and_kill_all_ends_it(oci):
-    container_id, _, monitor = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, _, monitor = await oci.started()
     await oci.runtime.kill(container_id, "TERM")  # PID 1 without a handler
     assert (await oci.runtime.state(container_id))["status"] == "running"
     assert not monitor.exited.called
@@ -88,14 +86,12 @@ async def test_an_ignored_signal_leaves_it_running_and_kill_all_ends_it(oci):
 
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_signal_is_refused(oci):
-    container_id, _, _ = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, _, _ = await oci.started()
     with pytest.raises(RuntimeFailure):
         await oci.runtime.kill(container_id, "NOSUCHSIGNAL")
 
 
 @pytest_twisted.ensureDeferred
 async def test_update_of_a_running_container(oci):
-    container_id, _, _ = await oci.create()
-    await oci.runtime.start(container_id)
+    container_id, _, _ = await oci.started()
     await oci.runtime.update(container_id, {"pids": {"limit": 100}})

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from rktlet.deferutil import Shared
 from rktlet.errors import InvalidArgument, RuntimeFailure
-from rktlet.oci.conmon import ExitStatus, MonitorPaths, monitor_paths
+from rktlet.oci.conmon import ExitStatus, Monitor, MonitorPaths, monitor_paths
 
 __all__ = ["FakeContainer", "FakeMonitor", "FakeMonitorDriver", "FakeRuntime", "MonitorFiles"]
 
@@ -214,48 +212,14 @@ class MonitorFiles:
     ctl: list[tuple[str, str]] = field(default_factory=list)
 
 
-class FakeMonitor:
-    """A container's monitor: :attr:`exited` fires once the container ends."""
-
-    def __init__(self, container_id: str, paths: MonitorPaths, conmon_pid: int, container_pid: int,
-                 adopted: bool) -> None:
-        self.container_id = container_id
-        self.paths = paths
-        self.conmon_pid = conmon_pid
-        self.container_pid = container_pid
-        self.adopted = adopted
-        self.lost = False
-        self._done: Deferred = Deferred()
-        self._shared = Shared(self._done, cancel_when_abandoned=False)
-        self._forgotten = False
-        self._status: ExitStatus | None = None
-
-    @property
-    def exited(self) -> Deferred:
-        """A new Deferred at each access, firing with the ExitStatus."""
-        return self._shared.wait()
-
-    @property
-    def status(self) -> ExitStatus | None:
-        """The ExitStatus once known."""
-        return self._status
-
-    @property
-    def running(self) -> bool:
-        """Whether the container's end has not been seen yet."""
-        return self._status is None
-
-    def stop_watching(self) -> None:
-        """No more watching: :attr:`exited` never fires (unless it has)."""
-        self._forgotten = True
+class FakeMonitor(Monitor):
+    """A container's monitor: the real :class:`~rktlet.oci.conmon.Monitor`
+    (its waits, its status, its ``stop_watching``), told of the end by the
+    fake driver instead of by watching a process."""
 
     def finish(self, status: ExitStatus, lost: bool = False) -> None:
         """Report the end (once; not after :meth:`stop_watching`)."""
-        if self._forgotten or self._status is not None:
-            return
-        self.lost = lost
-        self._status = status
-        self._done.callback(status)
+        self._finish(status, lost)
 
 
 class FakeMonitorDriver:
