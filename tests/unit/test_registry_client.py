@@ -25,7 +25,8 @@ from rktlet.errors import (
     Unavailable,
 )
 from rktlet.image.reference import parse
-from rktlet.image.registry import Credentials, RegistryClient, _parse_challenges
+from rktlet.image.registry import Credentials, RegistryClient
+from rktlet.image.registry.auth import parse_challenges as _parse_challenges
 from tests.support.fake_registry import BlobHost, FakeRegistry, Servers, TokenServer, sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
