@@ -307,7 +307,8 @@ class Authenticator:
             raise PermissionDenied(f"registry {netloc} named an unusable token realm {realm!r}")
         headers = {"Accept": "application/json"}
         body: bytes | None = None
-        if creds is not None and (creds.identity_token or creds.basic()) and self._transport.plain_http_forbidden(realm):
+        sends_secret = creds is not None and bool(creds.identity_token or creds.basic())
+        if sends_secret and self._transport.plain_http_forbidden(realm):
             raise PermissionDenied(
                 f"registry {netloc} named a plain-HTTP token realm {realm!r}: credentials are not sent over "
                 f"plain HTTP to a host not configured insecure (--insecure-registry)"

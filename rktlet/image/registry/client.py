@@ -29,7 +29,16 @@ from rktlet.errors import (
 )
 from rktlet.image.reference import Reference, is_digest, validate_digest
 from rktlet.image.registry.auth import Authenticator, Credentials
-from rktlet.image.registry.transport import LocalFailure, Retry, Transport, header, phrase, registry_words, retry_after, sleep
+from rktlet.image.registry.transport import (
+    LocalFailure,
+    Retry,
+    Transport,
+    header,
+    phrase,
+    registry_words,
+    retry_after,
+    sleep,
+)
 
 __all__ = ["Manifest", "RegistryClient", "MAX_MANIFEST_SIZE"]
 
