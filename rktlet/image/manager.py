@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
@@ -173,6 +173,8 @@ class ImageManager:
         self._pinned_blobs: Counter[str] = Counter()
         # The unpacks running, by chain id: their control and the offset last seen.
         self._unpacks: dict[str, list[Any]] = {}
+        # Writes of the image records, one at a time (see _save_records).
+        self._records_lock = DeferredLock()
 
     def close(self) -> Deferred:
         """Close the registry client's pooled connections (at shutdown)."""
@@ -358,11 +360,11 @@ class ImageManager:
             path = self.store.ingest_path()
             try:
                 await self._registry.get_blob(ref, config_digest, path, credentials, expected_size=parsed.config.size)
-                self.store.commit_blob(path, config_digest)
+                await self._in_thread(self.store.commit_blob, path, config_digest)
             finally:
                 if os.path.exists(path):
                     os.unlink(path)
-        config = manifests.parse_config(self.store.read_blob(config_digest), f"{where} config {config_digest}")
+        config = await self._in_thread(self._read_config, config_digest, f"{where} config {config_digest}")
         if len(config.diff_ids) != len(parsed.layers):
             raise DigestMismatch(
                 f"{where}: manifest lists {len(parsed.layers)} layers but its config {config_digest} "
@@ -391,7 +393,7 @@ class ImageManager:
         self._check_totals(ref, parsed.layers, chain)
         progress.phase = "recording"
         for digest, body in ((top.digest, top.body), (platform_manifest.digest, platform_manifest.body)):
-            self.store.put_blob(digest, body)
+            await self._in_thread(self.store.put_blob, digest, body)
         size = sum(info.size for c in chain if (info := self.store.layer(c)) is not None) + parsed.config.size
         record = ImageRecord(
             id=config_digest,
@@ -407,7 +409,23 @@ class ImageManager:
         )
         self._configs[record.id] = config
         self._usage = None
-        return self.store.put_image(record)
+        record = self.store.record_image(record)
+        await self._save_records()
+        return record
+
+    async def _save_records(self) -> None:
+        """Persist the store's image records in a thread. Saves run one at a
+        time, each writing the records as they are when it starts, so the
+        file ends up holding the latest ones."""
+        await self._records_lock.acquire()
+        try:
+            await self._in_thread(self.store.write_records, self.store.records_doc())
+        finally:
+            self._records_lock.release()
+
+    def _read_config(self, digest: str, what: str) -> manifests.ImageConfig:
+        # In a thread: the config may be megabytes of JSON.
+        return manifests.parse_config(self.store.read_blob(digest), what)
 
     def _check_totals(self, ref: references.Reference, layers: Sequence[manifests.Descriptor], chain: Sequence[str]) -> None:
         """Refuse an image whose layers, together, are over the limits (layers
@@ -527,7 +545,9 @@ class ImageManager:
                     raise DigestMismatch(
                         f"layer {layer.digest} of {ref} unpacks to {result.diff_id}, but the image config says {diff_id}"
                     )
-                self.store.commit_layer(tmp_dir, LayerInfo(chain_id, diff_id, parent, result.size, result.inodes))
+                info = LayerInfo(chain_id, diff_id, parent, result.size, result.inodes)
+                await self._in_thread(self.store.write_layer, tmp_dir, info)
+                self.store.add_layer(info)
             except BaseException:
                 control.cancel()  # the thread stops at its next chunk or entry
                 await finished(unpacking)  # let it end before cleaning up
@@ -553,7 +573,8 @@ class ImageManager:
         record = self.store.find(name)
         if record is None:
             return None
-        self.store.remove_image(record)
+        if self.store.drop_image(record):
+            await self._save_records()
         self._configs.pop(record.id, None)
         await self.collect_garbage()
         log.info("removed image {id} ({tags})", id=record.id, tags=", ".join(record.repo_tags) or "untagged")

@@ -86,8 +86,14 @@ class LayerInfo:
 class ImageStore:
     """Blobs, layers and image records on disk, with an in-memory index.
 
-    Used from the reactor thread only. Small metadata writes happen inline
-    (atomically); removing directory trees is returned as work for a thread.
+    The index is used from the reactor thread only.  What writes or reads
+    files comes in two forms: one call that changes the index and the disk
+    together (blocking; start-up and tests), and the disk half alone
+    (:meth:`put_blob`, :meth:`read_blob`, :meth:`write_layer`,
+    :meth:`write_records`) that the image manager runs in its thread pool
+    while it changes the index on the reactor (:meth:`add_layer`,
+    :meth:`record_image`, :meth:`drop_image`).  Removing directory trees is
+    returned as work for a thread.
 
     :param root: the daemon's ``--root``.
     """
@@ -157,7 +163,7 @@ class ImageStore:
         return path
 
     def put_blob(self, digest: str, data: bytes) -> None:
-        """Store a small verified blob (a manifest) directly."""
+        """Store a small verified blob (a manifest) directly (blocking, any thread)."""
         if not self.has_blob(digest):
             tmp = self.ingest_path()
             with open(tmp, "wb") as f:
@@ -165,7 +171,7 @@ class ImageStore:
             self.commit_blob(tmp, digest)
 
     def read_blob(self, digest: str) -> bytes:
-        """The content of a small stored blob (manifest or config)."""
+        """The content of a small stored blob (manifest or config); blocking, any thread."""
         with open(self.blob_path(digest), "rb") as f:
             return f.read()
 
@@ -187,22 +193,47 @@ class ImageStore:
         return path
 
     def commit_layer(self, tmp_dir: str, info: LayerInfo) -> None:
-        """Make an unpacked layer visible under its chain id."""
+        """Make an unpacked layer visible under its chain id (blocking:
+        :meth:`write_layer` then :meth:`add_layer`)."""
+        self.write_layer(tmp_dir, info)
+        self.add_layer(info)
+
+    def write_layer(self, tmp_dir: str, info: LayerInfo) -> None:
+        """Blocking, any thread: record *info* in the unpacked layer
+        *tmp_dir* and rename it into place under its chain id."""
         write_json_atomic(os.path.join(tmp_dir, "layer.json"), asdict(info))
         os.rename(tmp_dir, os.path.join(self.layers_dir, _hex(info.chain_id)))
+
+    def add_layer(self, info: LayerInfo) -> None:
+        """Index a layer :meth:`write_layer` put in place."""
         self._layers[info.chain_id] = info
 
     # -- images -------------------------------------------------------------
 
     def _save(self) -> None:
-        write_json_atomic(
-            self._records_path,
-            {"version": STORE_VERSION, "images": [asdict(r) for r in sorted(self.images.values(), key=lambda r: r.id)]},
-        )
+        self.write_records(self.records_doc())
+
+    def records_doc(self) -> dict[str, Any]:
+        """The image records as written to ``images.json`` (a snapshot: the
+        records are copied)."""
+        records = sorted(self.images.values(), key=lambda r: r.id)
+        return {"version": STORE_VERSION, "images": [asdict(r) for r in records]}
+
+    def write_records(self, doc: dict[str, Any]) -> None:
+        """Blocking, any thread: replace ``images.json`` with *doc* atomically."""
+        write_json_atomic(self._records_path, doc)
 
     def put_image(self, record: ImageRecord) -> ImageRecord:
-        """Add or update an image; its tags are taken from any image that
-        had them (a tag names one image). Persisted before returning."""
+        """Add or update an image (see :meth:`record_image`). Persisted before
+        returning."""
+        record = self.record_image(record)
+        self._save()
+        return record
+
+    def record_image(self, record: ImageRecord) -> ImageRecord:
+        """Add or update an image in the index; its tags are taken from any
+        image that had them (a tag names one image). Not persisted: write
+        :meth:`records_doc` with :meth:`write_records`."""
         existing = self.images.get(record.id)
         if existing is not None:
             record.repo_tags = sorted(set(existing.repo_tags) | set(record.repo_tags))
@@ -211,7 +242,6 @@ class ImageStore:
             if other.id != record.id:
                 other.repo_tags = [t for t in other.repo_tags if t not in record.repo_tags]
         self.images[record.id] = record
-        self._save()
         return record
 
     def find(self, name: str) -> ImageRecord | None:
@@ -240,8 +270,13 @@ class ImageStore:
     def remove_image(self, record: ImageRecord) -> None:
         """Forget an image (all its tags and digests). Persisted before
         returning; its layers and blobs go with the next garbage collection."""
-        if self.images.pop(record.id, None) is not None:
+        if self.drop_image(record):
             self._save()
+
+    def drop_image(self, record: ImageRecord) -> bool:
+        """Forget an image in the index (not persisted, see
+        :meth:`record_image`); whether it was there."""
+        return self.images.pop(record.id, None) is not None
 
     def garbage(self, layers_in_use: Iterable[str] = (), blobs_in_use: Iterable[str] = ()) -> tuple[list[str], list[str]]:
         """Layers and blobs that no image (and no container, and no pull in
