@@ -4,7 +4,6 @@ Authentication is :mod:`.auth`'s, the HTTP exchanges :mod:`.transport`'s."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,6 +14,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from rktlet import logs
@@ -39,6 +40,7 @@ from rktlet.image.registry.transport import (
     retry_after,
     sleep,
 )
+from rktlet.image.registry.writer import BlobWriter, sha256_digest
 
 __all__ = ["Manifest", "RegistryClient", "MAX_MANIFEST_SIZE"]
 
@@ -106,6 +108,8 @@ class RegistryClient:
     :param retries: attempts in all for a transient failure on the registry.
     :param backoff: first pause between attempts; it doubles each time.
     :param max_manifest_size: bytes a manifest or index may have.
+    :param threadpool: where blobs are written and hashed (a ``ThreadPool``);
+        default: the reactor's, which the image manager uses too.
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class RegistryClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_manifest_size: int = MAX_MANIFEST_SIZE,
+        threadpool: ThreadPool | None = None,
     ) -> None:
         self._reactor = reactor
+        self._threadpool = threadpool
         self._max_manifest_size = max_manifest_size
         self._mirrors = {domain: tuple(u.rstrip("/") for u in urls) for domain, urls in mirrors.items()}
         self._retries = max(1, retries)
@@ -131,6 +137,12 @@ class RegistryClient:
     def close(self) -> Deferred[None]:
         """Close the pooled idle connections (the default agent's only)."""
         return self._transport.close()
+
+    @property
+    def threadpool(self) -> ThreadPool:
+        """Where downloaded blobs are written and hashed."""
+        # Looked up late, as the reactor's pool starts with the reactor.
+        return self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
 
     # -- public API ------------------------------------------------------------------
 
@@ -266,7 +278,7 @@ class RegistryClient:
                 ),
             )
             body = b"".join(chunks)
-            digest = "sha256:" + hashlib.sha256(body).hexdigest()
+            digest = await deferToThreadPool(self._reactor, self.threadpool, sha256_digest, body)
             if by_digest and digest != lookup:
                 raise DigestMismatch(f"manifest from {final_url} has digest {digest}, expected {lookup}")
             claimed = header(response, "Docker-Content-Digest")
@@ -302,10 +314,11 @@ class RegistryClient:
                 out = open(dest, "wb")
             except OSError as exc:
                 raise LocalFailure(f"cannot create {dest} for {what}: {exc}") from None
+            writer = BlobWriter(self._reactor, self.threadpool, out, what)
             try:
-                with out:
-                    return await self._download(source, url, ref.path, what, digest, out, progress, expected_size)
+                return await self._download(source, url, ref.path, what, digest, writer, progress, expected_size)
             except BaseException:
+                writer.abandon()
                 _remove(dest)
                 raise
 
@@ -322,7 +335,7 @@ class RegistryClient:
         repo: str,
         what: str,
         digest: str,
-        out: Any,
+        out: BlobWriter,
         progress: Callable[[int, int | None], None] | None,
         expected_size: int | None,
     ) -> int:
@@ -337,16 +350,11 @@ class RegistryClient:
                 f"(digest {digest})"
             )
         total = announced if announced is not None else expected_size
-        hasher = hashlib.sha256()
         done = 0
 
         def sink(data: bytes) -> None:
             nonlocal done
-            try:
-                out.write(data)
-            except OSError as exc:
-                raise LocalFailure(f"cannot write {what} to {out.name}: {exc}") from None
-            hasher.update(data)
+            out.write(data)  # queued for a thread, which writes and hashes it
             done += len(data)
             if progress is not None:
                 progress(done, total)
@@ -359,8 +367,9 @@ class RegistryClient:
             on_limit=lambda n: DigestMismatch(
                 f"{what} from {final_url} is longer than the expected {expected_size} bytes (digest {digest})"
             ),
+            throttle=out.throttle_with,
         )
-        actual = "sha256:" + hasher.hexdigest()
+        actual = await out.finish()
         if actual != digest:
             raise DigestMismatch(f"{what} from {final_url} has digest {actual} ({size} bytes), expected {digest}")
         if expected_size is not None and size != expected_size:

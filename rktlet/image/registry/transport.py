@@ -124,6 +124,21 @@ class _BodyReader(Protocol):
     def connectionMade(self) -> None:
         self._timer = self._reactor.callLater(self._idle_timeout, self._idle)
 
+    def pause(self) -> None:
+        """Stop reading for now (what the data goes to is behind); the idle
+        timeout does not run meanwhile."""
+        if self._finished or self.transport is None:
+            return
+        self._stop_timer()
+        self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        """Read again after :meth:`pause`."""
+        if self._finished or self.transport is None:
+            return
+        self._timer = self._reactor.callLater(self._idle_timeout, self._idle)
+        self.transport.resumeProducing()
+
     def dataReceived(self, data: bytes) -> None:
         if self._finished:
             return
@@ -395,8 +410,14 @@ class Transport:
         sink: Callable[[bytes], None],
         limit: int | None = None,
         on_limit: Callable[[int], RktletError] | None = None,
+        throttle: Callable[[Callable[[], None], Callable[[], None]], None] | None = None,
     ) -> int:
+        """Read *response*'s body into *sink*, at most *limit* bytes (beyond:
+        the error *on_limit* makes, or the rest dropped); *throttle* is given
+        the functions that pause and resume the reading.  Returns the byte count."""
         reader = _BodyReader(self._reactor, self._idle_timeout, url, sink, limit, on_limit)
+        if throttle is not None:
+            throttle(reader.pause, reader.resume)
         response.deliverBody(reader)
         return await reader.done
 
