@@ -22,7 +22,6 @@ few at once.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -278,7 +277,7 @@ class ImageManager:
         reporter = LoopingCall(report)
         reporter.clock = self._reactor
         reporter.start(PROGRESS_LOG_INTERVAL, now=False)
-        started = time.monotonic()
+        started = self._reactor.seconds()
         try:
             record = await work
         except CancelledError:
@@ -294,7 +293,7 @@ class ImageManager:
             reporter.stop()
             del self._progress[key]
         log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
-                 image=key, id=record.id, seconds=time.monotonic() - started, summary=progress.summary())
+                 image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
 
     async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
@@ -405,7 +404,7 @@ class ImageManager:
             manifest_digest=platform_manifest.digest,
             index_digest=index_digest,
             source=platform_manifest.source,
-            pulled_at=time.time(),
+            pulled_at=self._reactor.seconds(),
         )
         self._configs[record.id] = config
         self._usage = None
@@ -597,5 +596,5 @@ class ImageManager:
         if self._usage is None or now - self._usage[0] > USAGE_CACHE_SECONDS:
             used, inodes = await self._in_thread(usage, self.store.dir)
             self._usage = (now, used, inodes)
-        stamp, used, inodes = self._usage
-        return time.time(), self.store.dir, used, inodes
+        _, used, inodes = self._usage
+        return now, self.store.dir, used, inodes
