@@ -25,7 +25,7 @@ apt-get install -y -qq runc conmon containernetworking-plugins catatonit iptable
 [ -x "$prefix/bin/python" ] || "$python" -m venv "$prefix"
 "$prefix/bin/pip" install -q --upgrade pip
 "$prefix/bin/pip" install -q "$here"
-# The compiled exec reaper: ExecSync's fast path (exec.py falls back to a
+# The compiled exec reaper: ExecSync's fast path (rktlet/oci/exec/reaper.py falls back to a
 # Python one without it).
 cc -O2 -Wall -o "$prefix/bin/rktlet-exec-reaper" "$here/rktlet/oci/reaper.c"
 

@@ -22,12 +22,11 @@ few at once.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
@@ -171,6 +170,8 @@ class ImageManager:
         self._pinned_blobs: Counter[str] = Counter()
         # The unpacks running, by chain id: their control and the offset last seen.
         self._unpacks: dict[str, list[Any]] = {}
+        # Writes of the image records, one at a time (see _save_records).
+        self._records_lock = DeferredLock()
 
     def keep_layers_used_by(self, user: Callable[[], Iterable[str]]) -> None:
         """Garbage collection and image removal keep the layers (chain ids)
@@ -283,7 +284,7 @@ class ImageManager:
         reporter = LoopingCall(report)
         reporter.clock = self._reactor
         reporter.start(PROGRESS_LOG_INTERVAL, now=False)
-        started = time.monotonic()
+        started = self._reactor.seconds()
         try:
             record = await work
         except CancelledError:
@@ -299,7 +300,7 @@ class ImageManager:
             reporter.stop()
             del self._progress[key]
         log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
-                 image=key, id=record.id, seconds=time.monotonic() - started, summary=progress.summary())
+                 image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
 
     async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
@@ -365,11 +366,11 @@ class ImageManager:
             path = self.store.ingest_path()
             try:
                 await self._registry.get_blob(ref, config_digest, path, credentials, expected_size=parsed.config.size)
-                self.store.commit_blob(path, config_digest)
+                await self._in_thread(self.store.commit_blob, path, config_digest)
             finally:
                 if os.path.exists(path):
                     os.unlink(path)
-        config = manifests.parse_config(self.store.read_blob(config_digest), f"{where} config {config_digest}")
+        config = await self._in_thread(self._read_config, config_digest, f"{where} config {config_digest}")
         if len(config.diff_ids) != len(parsed.layers):
             raise DigestMismatch(
                 f"{where}: manifest lists {len(parsed.layers)} layers but its config {config_digest} "
@@ -398,7 +399,7 @@ class ImageManager:
         self._check_totals(ref, parsed.layers, chain)
         progress.phase = "recording"
         for digest, body in ((top.digest, top.body), (platform_manifest.digest, platform_manifest.body)):
-            self.store.put_blob(digest, body)
+            await self._in_thread(self.store.put_blob, digest, body)
         size = sum(info.size for c in chain if (info := self.store.layer(c)) is not None) + parsed.config.size
         record = ImageRecord(
             id=config_digest,
@@ -410,11 +411,32 @@ class ImageManager:
             manifest_digest=platform_manifest.digest,
             index_digest=index_digest,
             source=platform_manifest.source,
-            pulled_at=time.time(),
+            pulled_at=self._reactor.seconds(),
         )
         self._configs[record.id] = config
         self._usage = None
-        return self.store.put_image(record)
+        return await self._change_records(lambda: self.store.with_image(record))
+
+    async def _change_records(self, change: Callable[[], tuple[dict[str, ImageRecord], Any] | None]) -> Any:
+        """Change the image records: *change* builds the next index (and a
+        result) from the current one; it is written in a thread, then made
+        current — persisted before anyone sees it. Changes run one at a
+        time, so none is built from an index another is replacing."""
+        await self._records_lock.acquire()
+        try:
+            changed = change()
+            if changed is None:
+                return None
+            images, result = changed
+            await self._in_thread(self.store.write_records, self.store.records_doc(images))
+            self.store.images = images
+            return result
+        finally:
+            self._records_lock.release()
+
+    def _read_config(self, digest: str, what: str) -> manifests.ImageConfig:
+        # In a thread: the config may be megabytes of JSON.
+        return manifests.parse_config(self.store.read_blob(digest), what)
 
     def _check_totals(self, ref: references.Reference, layers: Sequence[manifests.Descriptor], chain: Sequence[str]) -> None:
         """Refuse an image whose layers, together, are over the limits (layers
@@ -534,7 +556,9 @@ class ImageManager:
                     raise DigestMismatch(
                         f"layer {layer.digest} of {ref} unpacks to {result.diff_id}, but the image config says {diff_id}"
                     )
-                self.store.commit_layer(tmp_dir, LayerInfo(chain_id, diff_id, parent, result.size, result.inodes))
+                info = LayerInfo(chain_id, diff_id, parent, result.size, result.inodes)
+                await self._in_thread(self.store.write_layer, tmp_dir, info)
+                self.store.add_layer(info)
             except BaseException:
                 control.cancel()  # the thread stops at its next chunk or entry
                 await finished(unpacking)  # let it end before cleaning up
@@ -560,7 +584,11 @@ class ImageManager:
         record = self.store.find(name)
         if record is None:
             return None
-        self.store.remove_image(record)
+        def without() -> tuple[dict[str, ImageRecord], None] | None:
+            images = self.store.without_image(record)
+            return None if images is None else (images, None)
+
+        await self._change_records(without)
         self._configs.pop(record.id, None)
         await self.collect_garbage()
         log.info("removed image {id} ({tags})", id=record.id, tags=", ".join(record.repo_tags) or "untagged")
@@ -583,5 +611,5 @@ class ImageManager:
         if self._usage is None or now - self._usage[0] > USAGE_CACHE_SECONDS:
             used, inodes = await self._in_thread(usage, self.store.dir)
             self._usage = (now, used, inodes)
-        stamp, used, inodes = self._usage
-        return time.time(), self.store.dir, used, inodes
+        _, used, inodes = self._usage
+        return now, self.store.dir, used, inodes

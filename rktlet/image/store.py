@@ -86,8 +86,17 @@ class LayerInfo:
 class ImageStore:
     """Blobs, layers and image records on disk, with an in-memory index.
 
-    Used from the reactor thread only. Small metadata writes happen inline
-    (atomically); removing directory trees is returned as work for a thread.
+    The index is changed on the reactor thread only. The image records
+    (:attr:`images`) are also read from gRPC threads: a record is never
+    changed once made, and the index is replaced, never changed in place,
+    once the new one is persisted (:meth:`with_image`, :meth:`without_image`
+    build the next version). What writes or reads files comes in two forms:
+    one call that changes the index and the disk together (blocking;
+    start-up and tests), and the disk half alone (:meth:`put_blob`,
+    :meth:`read_blob`, :meth:`write_layer`, :meth:`write_records`) that the
+    image manager runs in its thread pool while it changes the index on the
+    reactor (:meth:`add_layer`). Removing directory trees is returned as
+    work for a thread.
 
     :param root: the daemon's ``--root``.
     """
@@ -157,7 +166,7 @@ class ImageStore:
         return path
 
     def put_blob(self, digest: str, data: bytes) -> None:
-        """Store a small verified blob (a manifest) directly."""
+        """Store a small verified blob (a manifest) directly (blocking, any thread)."""
         if not self.has_blob(digest):
             tmp = self.ingest_path()
             with open(tmp, "wb") as f:
@@ -165,7 +174,7 @@ class ImageStore:
             self.commit_blob(tmp, digest)
 
     def read_blob(self, digest: str) -> bytes:
-        """The content of a small stored blob (manifest or config)."""
+        """The content of a small stored blob (manifest or config); blocking, any thread."""
         with open(self.blob_path(digest), "rb") as f:
             return f.read()
 
@@ -187,27 +196,52 @@ class ImageStore:
         return path
 
     def commit_layer(self, tmp_dir: str, info: LayerInfo) -> None:
-        """Make an unpacked layer visible under its chain id."""
+        """Make an unpacked layer visible under its chain id (blocking:
+        :meth:`write_layer` then :meth:`add_layer`)."""
+        self.write_layer(tmp_dir, info)
+        self.add_layer(info)
+
+    def write_layer(self, tmp_dir: str, info: LayerInfo) -> None:
+        """Blocking, any thread: record *info* in the unpacked layer
+        *tmp_dir* and rename it into place under its chain id."""
         write_json_atomic(os.path.join(tmp_dir, "layer.json"), asdict(info))
         os.rename(tmp_dir, os.path.join(self.layers_dir, _hex(info.chain_id)))
+
+    def add_layer(self, info: LayerInfo) -> None:
+        """Index a layer :meth:`write_layer` put in place."""
         self._layers[info.chain_id] = info
 
     # -- images -------------------------------------------------------------
 
     def _save(self, images: dict[str, ImageRecord] | None = None) -> None:
         """Persist *images* (default: the current ones), then make them
-        current: :attr:`images` is replaced, never changed in place, so
-        readers on other threads iterate a consistent version."""
+        current (blocking; see :meth:`put_image`)."""
         images = self.images if images is None else images
-        write_json_atomic(
-            self._records_path,
-            {"images": [asdict(r) for r in sorted(images.values(), key=lambda r: r.id)]},
-        )
+        self.write_records(self.records_doc(images))
         self.images = images
 
+    def records_doc(self, images: dict[str, ImageRecord] | None = None) -> dict[str, Any]:
+        """*images* (default: the current ones) as written to ``images.json``."""
+        records = sorted((self.images if images is None else images).values(), key=lambda r: r.id)
+        return {"images": [asdict(r) for r in records]}
+
+    def write_records(self, doc: dict[str, Any]) -> None:
+        """Blocking, any thread: replace ``images.json`` with *doc* atomically."""
+        write_json_atomic(self._records_path, doc)
+
     def put_image(self, record: ImageRecord) -> ImageRecord:
-        """Add or update an image; its tags are taken from any image that
-        had them (a tag names one image). Persisted before returning."""
+        """Add or update an image (see :meth:`with_image`). Persisted, then
+        made current, before returning (blocking)."""
+        images, record = self.with_image(record)
+        self._save(images)
+        return record
+
+    def with_image(self, record: ImageRecord) -> tuple[dict[str, ImageRecord], ImageRecord]:
+        """The index with *record* added or updated, and the record as
+        stored: its tags are taken from any image that had them (a tag
+        names one image). Nothing is changed: :attr:`images` is replaced,
+        never changed in place (readers on other threads hold versions of
+        it), once the new index is persisted."""
         images = dict(self.images)
         existing = images.get(record.id)
         if existing is not None:
@@ -217,8 +251,7 @@ class ImageStore:
             if other.id != record.id and set(other.repo_tags) & set(record.repo_tags):
                 images[other.id] = replace(other, repo_tags=[t for t in other.repo_tags if t not in record.repo_tags])
         images[record.id] = record
-        self._save(images)
-        return record
+        return images, record
 
     def find(self, name: str) -> ImageRecord | None:
         """The image *name* refers to: an id (``sha256:…``, bare hex, or a
@@ -247,10 +280,16 @@ class ImageStore:
     def remove_image(self, record: ImageRecord) -> None:
         """Forget an image (all its tags and digests). Persisted before
         returning; its layers and blobs go with the next garbage collection."""
-        if record.id in self.images:
-            images = dict(self.images)
-            del images[record.id]
+        images = self.without_image(record)
+        if images is not None:
             self._save(images)
+
+    def without_image(self, record: ImageRecord) -> dict[str, ImageRecord] | None:
+        """The index without *record*, or None when it is not there (see
+        :meth:`with_image`: nothing is changed here)."""
+        if record.id not in self.images:
+            return None
+        return {k: v for k, v in self.images.items() if k != record.id}
 
     def garbage(self, layers_in_use: Iterable[str] = (), blobs_in_use: Iterable[str] = ()) -> tuple[list[str], list[str]]:
         """Layers and blobs that no image (and no container, and no pull in

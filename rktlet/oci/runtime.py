@@ -21,6 +21,7 @@ import shutil
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
@@ -126,14 +127,25 @@ class OCIRuntime:
     :param state_root: the runtime's ``--root`` (its container state), under
         rktlet's run dir so that rktlet's containers are its own.
     :param timeout: seconds one runtime call may take before it is killed.
+    :param threadpool: where blocking cleanup runs (a ``ThreadPool``);
+        default: the reactor's.
     """
 
-    def __init__(self, reactor: Any, binary: str, state_root: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, reactor: Any, binary: str, state_root: str, timeout: float = 60.0, threadpool: ThreadPool | None = None
+    ) -> None:
         self._reactor = reactor
+        self._threadpool = threadpool
         # An absolute path, when it can be found: conmon gets it as `-r`.
         self.binary = binary if os.sep in binary else (shutil.which(binary) or binary)
         self.state_root = state_root
         self.timeout = timeout
+
+    @property
+    def threadpool(self) -> ThreadPool:
+        """The pool blocking work of this driver (and of execs through it) runs in."""
+        # Looked up late: a reactor stand-in without threads is fine until it is needed.
+        return self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
 
     @property
     def global_args(self) -> list[str]:
@@ -197,7 +209,7 @@ class OCIRuntime:
             # runc killed in the middle of its create (a deadline, a failed
             # start) leaves a state dir it does not know, and possibly the
             # bind mount of its own binary it makes there for a moment.
-            await deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _remove_state_dir, state_dir)
+            await deferToThreadPool(self._reactor, self.threadpool, _remove_state_dir, state_dir)
 
     async def state(self, container_id: str) -> dict[str, Any] | None:
         """``runc state`` as a dict (``status``: created, running, paused,

@@ -72,13 +72,15 @@ def compiled_reaper(tmp_path_factory):
 def reaper(request, monkeypatch):
     """Every test runs with both reapers: the compiled one and the Python
     fallback speak the same protocol."""
-    import rktlet.oci.exec as exec_module
+    from rktlet.oci.exec import process as exec_process
+    from rktlet.oci.exec import reaper as exec_reaper
 
     if request.param == "compiled":
         command = (request.getfixturevalue("compiled_reaper"),)
     else:
-        command = (sys.executable, "-I", "-S", "-c", exec_module._REAPER)
-    monkeypatch.setattr(exec_module, "_reaper_command", lambda: command)
+        command = (sys.executable, "-I", "-S", "-c", exec_reaper.SCRIPT)
+    # Patched where the exec's command line is built.
+    monkeypatch.setattr(exec_process, "reaper_command", lambda: command)
     return request.param
 
 

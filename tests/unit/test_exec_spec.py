@@ -8,7 +8,8 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
 from rktlet.errors import InvalidArgument
-from rktlet.oci.exec import _Capped, exec_process_spec, exit_code_of, parse_reaper_report, parse_runc_log
+from rktlet.oci.exec import exec_process_spec, exit_code_of, parse_reaper_report, parse_runc_log
+from rktlet.oci.exec.sync import _Capped
 
 CONTAINER_PROCESS = {
     "args": ["sleep", "100000"],

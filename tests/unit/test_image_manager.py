@@ -269,15 +269,15 @@ def test_config_too_large(tmp_path) -> None:
 
 def test_compressed_layer_larger_than_the_image_may_be(tmp_path) -> None:
     env = Env(tmp_path, limits=ImageLimits(max_bytes=1000, max_inodes=10))
-    import rktlet.image.unpack as unpack_module
+    import rktlet.image.unpack.limits as unpack_limits
 
-    slack = unpack_module._STREAM_SLACK
-    unpack_module._STREAM_SLACK = 0
+    slack = unpack_limits.STREAM_SLACK
+    unpack_limits.STREAM_SLACK = 0
     try:
         ref, image = env.image("a", "x" * 100_000)
         error = failure_of(env.manager.pull(ref))
     finally:
-        unpack_module._STREAM_SLACK = slack
+        unpack_limits.STREAM_SLACK = slack
     assert isinstance(error, ResourceExhausted)
     assert image.layers[0].digest in str(error)
     assert env.registry.calls[image.layers[0].digest] == 0

@@ -25,7 +25,8 @@ from rktlet.errors import (
     Unavailable,
 )
 from rktlet.image.reference import parse
-from rktlet.image.registry import Credentials, RegistryClient, _parse_challenges
+from rktlet.image.registry import Credentials, RegistryClient
+from rktlet.image.registry.auth import parse_challenges as _parse_challenges
 from harness.fake_registry import BlobHost, FakeRegistry, Servers, TokenServer, sha256
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -189,6 +190,64 @@ async def test_corrupted_blob_is_rejected_and_removed(env):
     assert digest in str(exc) and actual in str(exc)
     assert f"{served.host}/v2/test/app/blobs/{digest}" in str(exc)
     assert not os.path.exists(dest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blob_write_failure_names_the_file(env, monkeypatch):
+    """Blobs are written in a thread; a failed write still fails the download
+    with the file's name and the reason, and the file is removed."""
+    import errno
+
+    from rktlet.image.registry import writer as writer_module
+
+    def disk_full(self: Any, batch: list[bytes]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer_module.BlobWriter, "_write_batch", disk_full)
+    fake, served, image, ref = image_setup(env)
+    client = env.client()
+    dest = env.dest()
+    exc = await expect(client.get_blob(ref, image["layers"][0], dest), RuntimeFailure)
+    assert f"cannot write blob {image['layers'][0]} of " in str(exc) and dest in str(exc)
+    assert "No space left on device" in str(exc)
+    assert not os.path.exists(dest)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_blob_writes_pause_the_download(env, monkeypatch):
+    """When the disk is behind, reading pauses (a small high-water mark here)
+    and resumes once the queue is written; the blob arrives whole."""
+    from rktlet.image.registry import writer as writer_module
+
+    fake, served, image, ref = image_setup(env)
+    pauses: list[str] = []
+    real_init = writer_module.BlobWriter.__init__
+
+    def small_queue(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self._high_water = 1024
+
+    def counted(self: Any, pause: Any, resume: Any) -> None:
+        self._pause = lambda: (pauses.append("pause"), pause())
+        self._resume = lambda: (pauses.append("resume"), resume())
+
+    monkeypatch.setattr(writer_module.BlobWriter, "__init__", small_queue)
+    monkeypatch.setattr(writer_module.BlobWriter, "throttle_with", counted)
+    real_write = writer_module.BlobWriter._write_batch
+
+    def slow_write(self: Any, batch: list[bytes]) -> None:
+        import time
+
+        time.sleep(0.01)
+        real_write(self, batch)
+
+    monkeypatch.setattr(writer_module.BlobWriter, "_write_batch", slow_write)
+    client = env.client()
+    dest = env.dest()
+    assert await client.get_blob(ref, image["layers"][0], dest) == len(LAYER)
+    with open(dest, "rb") as f:
+        assert sha256(f.read()) == image["layers"][0]
+    assert "pause" in pauses and pauses.count("pause") == pauses.count("resume")
 
 
 @pytest_twisted.ensureDeferred

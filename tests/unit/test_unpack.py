@@ -763,15 +763,15 @@ def test_stream_longer_than_the_budgets_allow(env: Env) -> None:
     # Data the extractor skips (aufs bookkeeping) still has to be read.
     tar = make_tar([F(".wh..wh.plnk/junk", b"z" * (1 << 20))])
     limits = Limits(max_bytes=1000, max_inodes=10)
-    import rktlet.image.unpack as unpack_module
+    import rktlet.image.unpack.limits as unpack_limits
 
-    slack = unpack_module._STREAM_SLACK
-    unpack_module._STREAM_SLACK = 0
+    slack = unpack_limits.STREAM_SLACK
+    unpack_limits.STREAM_SLACK = 0
     try:
         with pytest.raises(ResourceExhausted, match="uncompressed tar stream is longer than"):
             unpack_layer(str(env.write_blob(tar)), str(env.target), "none", limits=limits)
     finally:
-        unpack_module._STREAM_SLACK = slack
+        unpack_limits.STREAM_SLACK = slack
 
 
 def test_cancelled_unpack_stops(env: Env) -> None:
