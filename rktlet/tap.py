@@ -31,6 +31,7 @@ from rktlet.network.cni import CNI
 from rktlet.nri.runtime import NRI
 from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
+from rktlet.oci.host import RealHost
 from rktlet.oci.conmon import Conmon
 from rktlet.oci.procwatch import become_subreaper
 from rktlet.oci.runtime import OCIRuntime
@@ -130,6 +131,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         reactor.suggestThreadPoolSize(config.blocking_threads)
         threadpool = reactor.getThreadPool()
         layout = cgroups.detect()
+        host = RealHost(reactor, layout)
         images = ImageManager(
             reactor,
             ImageStore(config.root),
@@ -152,7 +154,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             PodStore(config.root),
             CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
             Handlers(config.handlers),
-            layout,
+            host,
         )
         runtimes = {
             name: OCIRuntime(reactor, binary, os.path.join(config.run_dir, "runtime", name))
@@ -165,7 +167,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         }
         containers = ContainerManager(
             reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
-            runtimes, conmons, layout,
+            runtimes, conmons, host,
         )
         nri = None
         if config.nri_socket:

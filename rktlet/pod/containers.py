@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
 from twisted.internet.task import deferLater
@@ -25,20 +24,21 @@ from twisted.internet.threads import deferToThreadPool
 from rktlet import debugpoints, logs
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
 from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_json_atomic
-from rktlet.oci import cgroups, mounts, users
-from rktlet.oci.conmon import Conmon, Monitor
+from rktlet.oci import users
 from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
 from rktlet.oci.exec import RUNC_EXEC_FAILED
-from rktlet.oci.procwatch import alive
-from rktlet.oci.runtime import OCIRuntime
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
 from rktlet.pod import ids, recovery
 from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
+from rktlet.pod.drivers import Host, ImageLookup, Monitor, MonitorDriver, Runtime
 from rktlet.pod.events import EventHub
 from rktlet.pod.records import Snapshots
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
+
+if TYPE_CHECKING:
+    from rktlet.pod.sandboxes import SandboxManager
 
 log = logs.logger("rktlet.pod.containers")
 
@@ -68,16 +68,17 @@ _REFUSED_VALUE = ("unable to set memory limit", ": invalid argument", ": device 
 class ContainerManager:
     """Owns every container record; used on the reactor thread only.
 
-    :param reactor: timers, processes, thread handoff.
+    :param reactor: the clock (timers, times of records and events),
+        thread handoff.
     :param threadpool: where mounts and file work run.
     :param run_dir: the daemon's ``--run-dir`` (bundles live there).
     :param root: the daemon's ``--root`` (writable layers live there).
     :param store: durable container records.
     :param sandboxes: the sandbox manager (pods are looked up there).
-    :param images: the image manager (images and their layers).
-    :param runtimes: handler name → :class:`OCIRuntime`.
-    :param conmons: handler name → :class:`Conmon`.
-    :param cgroup_layout: the host's cgroup layout.
+    :param images: the images and their layers.
+    :param runtimes: handler name → OCI runtime.
+    :param monitors: handler name → container monitor driver (conmon).
+    :param host: mounts and cgroups (:class:`rktlet.oci.host.RealHost`).
     :param events: where lifecycle events are published.
     """
 
@@ -88,11 +89,11 @@ class ContainerManager:
         run_dir: str,
         root: str,
         store: RecordStore[Container],
-        sandboxes: Any,
-        images: Any,
-        runtimes: dict[str, OCIRuntime],
-        conmons: dict[str, Conmon],
-        cgroup_layout: cgroups.Layout,
+        sandboxes: SandboxManager,
+        images: ImageLookup,
+        runtimes: dict[str, Runtime],
+        monitors: dict[str, MonitorDriver],
+        host: Host,
         events: EventHub | None = None,
     ) -> None:
         self._reactor = reactor
@@ -103,8 +104,8 @@ class ContainerManager:
         self._sandboxes = sandboxes
         self._images = images
         self._runtimes = runtimes
-        self._conmons = conmons
-        self._cgroups = cgroup_layout
+        self._conmons = monitors
+        self._host = host
         self.events = events or EventHub()
         # The live records (reactor thread only) and their published
         # snapshots (any thread: see rktlet.pod.records).
@@ -116,7 +117,7 @@ class ContainerManager:
         # Exited containers already deleted from the runtime (see _release).
         self._released: set[str] = set()
         self._daemon_oom = _own_oom_score_adj()
-        self._host = HostInfo.probe()  # what the spec builder needs to know of this host, read once
+        self._host_info = HostInfo.probe()  # what the spec builder needs to know of this host, read once
         # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI);
         # containers whose NRI CreateContainer is in progress are hidden.
         self.nri: Any = None
@@ -130,6 +131,10 @@ class ContainerManager:
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _now_ns(self) -> int:
+        """Now, in ns since the epoch, by the reactor's clock (a test's Clock drives it)."""
+        return int(self._reactor.seconds() * 1e9)
 
     def _commit(self, c: Container) -> None:
         """Persist *c* (atomically), then publish its snapshot — unless NRI
@@ -184,8 +189,8 @@ class ContainerManager:
                 self._record_exit(c, *ended)
                 self._release_soon(c)
                 continue
-            if not os.path.exists(f"/proc/{c.conmon_pid}"):
-                self._record_exit(c, 255, time.time_ns(), False, message="conmon vanished while rktlet was down")
+            if conmon.leftover_pid(c.id, c.bundle) is None:
+                self._record_exit(c, 255, self._now_ns(), False, message="conmon vanished while rktlet was down")
                 self._release_soon(c)
                 continue
             monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
@@ -203,7 +208,7 @@ class ContainerManager:
         without a record are removed (rule 7), CREATED records are checked
         against the runtime (rule 5)."""
         try:
-            in_runtime: dict[str, list[OCIRuntime]] = {}
+            in_runtime: dict[str, list[Runtime]] = {}
             for runtime in {id(r): r for r in self._runtimes.values()}.values():
                 try:
                     for container_id in await runtime.list_ids():
@@ -228,7 +233,7 @@ class ContainerManager:
                 finally:
                     self._lock(c.id).release()
 
-    async def _remove_orphan(self, container_id: str, runtimes: list[OCIRuntime]) -> None:
+    async def _remove_orphan(self, container_id: str, runtimes: list[Runtime]) -> None:
         """Rule 7: everything of a container that has no record."""
         bundle = os.path.join(self._bundles, container_id)
         conmon = next(iter(self._conmons.values()))
@@ -246,18 +251,13 @@ class ContainerManager:
         runtime, conmon = self.runtime_of(c), self.conmon_of(c)
         state = await runtime.state(c.id)
         status = state.get("status") if state else None
-        conmon_pid = 0
-        try:
-            with open(conmon.paths(c.id, c.bundle).conmon_pid_file) as f:
-                conmon_pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            pass
-        conmon_alive = conmon_pid > 0 and alive(conmon_pid, conmon.comm)
-        outcome = recovery.created_outcome(status, conmon_alive, recovery.bundle_whole(c.bundle))
+        conmon_pid = await self._in_thread(conmon.leftover_pid, c.id, c.bundle) or 0
+        whole = await self._in_thread(recovery.bundle_whole, c.bundle, self._host.is_mounted)
+        outcome = recovery.created_outcome(status, conmon_pid > 0, whole)
         if outcome == recovery.KEEP:
             return
         if outcome in (recovery.ADOPT, recovery.EXITED) and state is not None:
-            c.started_at = recovery.runc_created_ns(state) or time.time_ns()
+            c.started_at = recovery.runc_created_ns(state) or self._now_ns()
         if outcome == recovery.ADOPT:
             c.conmon_pid, c.container_pid = conmon_pid, int(state.get("pid") or 0)
             c.state = RUNNING
@@ -268,7 +268,7 @@ class ContainerManager:
             self._publish(event_kinds.STARTED, c)
             return
         if outcome == recovery.LOST:
-            self._record_exit(c, 255, time.time_ns(), False,
+            self._record_exit(c, 255, self._now_ns(), False,
                               message="its bundle was lost while rktlet was down (a reboot?)")
             return
         ended = conmon.read_exit(c.id, c.bundle) if outcome == recovery.EXITED else None
@@ -282,7 +282,7 @@ class ContainerManager:
         if ended is not None:
             self._record_exit(c, *ended)
         else:
-            self._record_exit(c, 255, time.time_ns(), False,
+            self._record_exit(c, 255, self._now_ns(), False,
                               message="started when a crash cut StartContainer short; its exit was not recorded")
         self._released.add(c.id)
 
@@ -298,7 +298,7 @@ class ContainerManager:
             return
         pod_containers = self.snapshots.select(lambda x: x.sandbox_id == c.sandbox_id)
         self.events.publish(kind, c.snapshot(), self._sandboxes.snapshots.current(c.sandbox_id), pod_containers,
-                            time.time_ns())
+                            self._now_ns())
 
     # -- lookups -----------------------------------------------------------------
 
@@ -397,7 +397,7 @@ class ContainerManager:
         container_id = ids.new_id()
         c = Container(
             id=container_id, sandbox_id=sb.id, name=config.name, attempt=attempt, fingerprint=fingerprint,
-            created_at=time.time_ns(), image=image, image_ref=record.id,
+            created_at=self._now_ns(), image=image, image_ref=record.id,
             image_name=(record.repo_tags or record.repo_digests or [record.id])[0],
             image_digest_ref=(record.repo_digests or [""])[0], user_specified_image=user_specified_image,
             labels=dict(labels), annotations=dict(annotations),
@@ -484,19 +484,24 @@ class ContainerManager:
         make_dir(work, PRIVATE_DIR)  # overlayfs's own scratch space
         # The mount point; the overlay's root (upper's mode) covers it (and
         # must never be narrowed itself: it is the container's "/").
-        if not os.path.ismount(rootfs):
+        if not self._host.is_mounted(rootfs):
             make_dir(rootfs, PRIVATE_DIR)
-        mounts.mount("overlay", rootfs, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
+        self._host.mount_overlay(rootfs, lowers, upper, work)
+        # The user is resolved from the mounted root filesystem: its
+        # /etc/passwd and /etc/group as the container sees them (the lowers
+        # merged, upper on top). A host that only records mounts (the tests'
+        # in-memory one) leaves the mount point empty: there, no file names
+        # a user and only root or numeric users resolve, which is what an
+        # image without those files gives on the real host too.
         user = users.resolve_user(rootfs, image.user, config.security)
-        spec, notes = build_spec(c.id, config, image, pod, rootfs, user, self._daemon_oom, self._host)
+        spec, notes = build_spec(c.id, config, image, pod, rootfs, user, self._daemon_oom, self._host_info)
         # The spec holds the container's environment (secrets): root only.
         write_json_atomic(os.path.join(c.bundle, "config.json"), spec, mode=PRIVATE_FILE)
         return spec, notes, user
 
-    @staticmethod
-    def _remove_files(bundle: str, layer_dir: str) -> None:
+    def _remove_files(self, bundle: str, layer_dir: str) -> None:
         """Blocking, idempotent: unmount the root, remove bundle and writable layer."""
-        mounts.unmount(os.path.join(bundle, "rootfs"))
+        self._host.unmount(os.path.join(bundle, "rootfs"))
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(layer_dir, ignore_errors=True)
 
@@ -542,14 +547,14 @@ class ContainerManager:
             def into_pod_cgroup(pid: int) -> None:
                 # conmon lives in the pod's cgroup, never the daemon's: restarting
                 # the daemon's service must not take the monitors with it.
-                cgroups.add_process(self._cgroups, sb.cgroup_parent, pid)
+                self._host.add_to_cgroup(sb.cgroup_parent, pid)
 
             try:
                 monitor = await conmon.create(c.id, c.bundle, c.log_path, tty=c.tty, stdin=c.stdin,
                                               stdin_once=c.stdin_once, cgroup=into_pod_cgroup)
                 c.conmon_pid, c.container_pid = monitor.conmon_pid, monitor.container_pid
                 await debugpoints.reached(debugpoints.CONTAINER_START_RUNC_CREATED, self._reactor)
-                started_at = time.time_ns()  # the app cannot run before runc start is asked
+                started_at = self._now_ns()  # the app cannot run before runc start is asked
                 await runtime.start(c.id)
                 await debugpoints.reached(debugpoints.CONTAINER_START_RUNC_STARTED, self._reactor)
             except RktletError as e:
@@ -561,7 +566,7 @@ class ContainerManager:
                 except RktletError as cleanup_error:
                     log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
-                c.finished_at = time.time_ns()
+                c.finished_at = self._now_ns()
                 self._commit(c)
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
@@ -712,7 +717,7 @@ class ContainerManager:
         finally:
             lock.release()
 
-    def _remove_files_soon(self, c: Container, conmon: Conmon) -> None:
+    def _remove_files_soon(self, c: Container, conmon: MonitorDriver) -> None:
         """Remove a removed container's files in a thread: conmon's files,
         the root filesystem mount, bundle and writable layer. Its image
         layers count as in use until then (they are the overlay's lowers)."""
@@ -749,7 +754,7 @@ class ContainerManager:
     async def update_resources(self, id_or_prefix: str, wanted: Resources) -> None:
         """UpdateContainerResources: ``runc update``, then recorded."""
         c = self.get(id_or_prefix)
-        resources, notes = linux_resources(wanted, self._host)
+        resources, notes = linux_resources(wanted, self._host_info)
         for note in notes:
             log.info("container {id}: {note}", id=c.id, note=note)
         if c.state != RUNNING:
@@ -771,7 +776,7 @@ class ContainerManager:
 
     def linux_resources(self, wanted: Resources) -> dict[str, Any]:
         """OCI ``linux.resources`` for CRI resources, as this host allows them."""
-        resources, notes = linux_resources(wanted, self._host)
+        resources, notes = linux_resources(wanted, self._host_info)
         for note in notes:
             log.info("resources: {note}", note=note)
         return resources
@@ -832,11 +837,11 @@ class ContainerManager:
         sb = self._sandboxes.find(c.sandbox_id)
         return sb.handler if sb is not None else "runc"
 
-    def runtime_of(self, c: Container) -> OCIRuntime:
+    def runtime_of(self, c: Container) -> Runtime:
         """The OCI runtime driving *c* (its pod's handler)."""
         return self._runtimes[self._handler_of(c)]
 
-    def conmon_of(self, c: Container) -> Conmon:
+    def conmon_of(self, c: Container) -> MonitorDriver:
         """The conmon driver monitoring *c* (its pod's handler)."""
         return self._conmons[self._handler_of(c)]
 

@@ -173,6 +173,11 @@ class MonitorDriver(Protocol):
         such monitor runs (idempotent). The container itself is not touched
         (delete it from the runtime)."""
 
+    def leftover_pid(self, container_id: str, bundle: str) -> int | None:
+        """Blocking (a few small files): the pid of the container's monitor
+        when one still runs (started by this daemon or an earlier one, as
+        its pid file in the bundle names it), or None."""
+
     def forget(self, container_id: str) -> None:
         """Stop watching a removed container's monitor. Idempotent."""
 

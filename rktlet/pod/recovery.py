@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime
+from typing import Callable
 
 __all__ = ["ADOPT", "EXITED", "KEEP", "LOST", "UNDO_START", "created_outcome", "orphan_ids", "runc_created_ns"]
 
@@ -79,10 +80,11 @@ def created_outcome(runtime_status: str | None, conmon_alive: bool, bundle_whole
     return KEEP if bundle_whole else LOST
 
 
-def bundle_whole(bundle: str) -> bool:
-    """Whether a bundle can be started: its root filesystem is mounted and
+def bundle_whole(bundle: str, is_mounted: Callable[[str], bool] = os.path.ismount) -> bool:
+    """Blocking: whether a bundle can be started: its root filesystem is
+    mounted (as *is_mounted* tells: the host driver's ``is_mounted``) and
     its runtime spec is there."""
-    return os.path.ismount(os.path.join(bundle, "rootfs")) and os.path.isfile(os.path.join(bundle, "config.json"))
+    return is_mounted(os.path.join(bundle, "rootfs")) and os.path.isfile(os.path.join(bundle, "config.json"))
 
 
 def orphan_ids(places: list[str], known: set[str]) -> set[str]:

@@ -26,11 +26,12 @@ from rktlet.deferutil import Shared
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError
 from rktlet.fsutil import PRIVATE_DIR, make_dir, set_mode, write_atomic
 from rktlet.network import dns
-from rktlet.network.cni import CNI, Attachment, PortMapping
+from rktlet.network.cni import Attachment, PortMapping
 from rktlet.network.default_network import ensure_default_network
-from rktlet.oci import cgroups, infra, mounts, namespaces
 from rktlet.oci.handlers import Handlers
+from rktlet.oci.infra import InfraProcess
 from rktlet.pod import ids
+from rktlet.pod.drivers import Host, Network
 from rktlet.pod.records import Snapshots
 from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import SandboxSpec
@@ -48,20 +49,6 @@ DEFAULT_CGROUP_ROOT = "/rktlet"
 POD_ETC_FILE_MODE = 0o644
 
 
-def _loopback_up() -> None:
-    """Bring up ``lo`` in the calling thread's network namespace (what the
-    CNI loopback plugin does, without starting a process)."""
-    import fcntl
-    import socket
-    import struct
-
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        request = struct.pack("16sH14s", b"lo", 0, b"")
-        flags = struct.unpack("16sH14s", fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
-
-
 class PodContainers(Protocol):
     """What stopping and removing a pod needs of its containers (the
     container manager, handed over by the coordinator: the engine)."""
@@ -76,13 +63,14 @@ class PodContainers(Protocol):
 class SandboxManager:
     """Owns every sandbox record; used on the reactor thread only.
 
-    :param reactor: for process spawning and thread handoff.
+    :param reactor: the clock (creation times), thread handoff.
     :param threadpool: where blocking work (mounts, namespaces, files) runs.
     :param config: the daemon's configuration.
     :param store: durable sandbox records.
-    :param cni: the CNI driver.
+    :param network: the pod network (CNI).
     :param handlers: the configured runtime handlers.
-    :param cgroup_layout: the host's cgroup layout (``cgroups.detect()``).
+    :param host: mounts, pinned namespaces, cgroups and infra processes
+        (:class:`rktlet.oci.host.RealHost`).
     """
 
     def __init__(
@@ -91,17 +79,17 @@ class SandboxManager:
         threadpool: Any,
         config: Config,
         store: PodStore,
-        cni: CNI,
+        network: Network,
         handlers: Handlers,
-        cgroup_layout: cgroups.Layout,
+        host: Host,
     ) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
         self._config = config
         self._store = store
-        self._cni = cni
+        self._cni = network
         self.handlers = handlers
-        self._cgroups = cgroup_layout
+        self._host = host
         # The live records (reactor thread only) and their published
         # snapshots (any thread: see rktlet.pod.records).
         self.sandboxes: dict[str, Sandbox] = {}
@@ -117,6 +105,10 @@ class SandboxManager:
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _now_ns(self) -> int:
+        """Now, in ns since the epoch, by the reactor's clock (a test's Clock drives it)."""
+        return int(self._reactor.seconds() * 1e9)
 
     # -- start-up ---------------------------------------------------------------
 
@@ -143,9 +135,9 @@ class SandboxManager:
         return half_made
 
     def _intact(self, sb: Sandbox) -> bool:
-        if any(not namespaces.is_pinned(p) for p in sb.namespaces.values()):
+        if any(not self._host.namespace_pinned(p) for p in sb.namespaces.values()):
             return False
-        if sb.infra_pid and not infra.alive(infra.InfraProcess(sb.infra_pid, sb.infra_start_time)):
+        if sb.infra_pid and not self._host.infra_alive(InfraProcess(sb.infra_pid, sb.infra_start_time)):
             return False
         return True
 
@@ -191,7 +183,7 @@ class SandboxManager:
             if not sb.created_cgroups and sb.cgroup_parent == f"{DEFAULT_CGROUP_ROOT}/{sb.id}":
                 # The crash came before the cgroups made were recorded; a
                 # cgroup under rktlet's own root is this pod's alone.
-                sb.created_cgroups = cgroups.existing(self._cgroups, sb.cgroup_parent)
+                sb.created_cgroups = self._host.existing_cgroups(sb.cgroup_parent)
             try:
                 await self._teardown(sb, remove=True)
             except Exception as e:
@@ -305,7 +297,7 @@ class SandboxManager:
             uid=spec.uid,
             attempt=spec.attempt,
             fingerprint=spec.fingerprint,
-            created_at=time.time_ns(),
+            created_at=self._now_ns(),
             handler=handler,
             # No hostname given: the node's, as containerd and CRI-O do (the kubelet
             # always sends one; other clients such as critest may not).
@@ -329,7 +321,7 @@ class SandboxManager:
         started = time.monotonic()
         try:
             await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
-            created = await self._in_thread(cgroups.ensure, self._cgroups, sb.cgroup_parent)
+            created = await self._in_thread(self._host.ensure_cgroup, sb.cgroup_parent)
             # Only the pod's own level is the pod's: ancestors made on the way
             # (e.g. /rktlet) are shared with other pods and stay.
             sb.created_cgroups = [d for d in created if d.endswith(sb.cgroup_parent.rstrip("/"))]
@@ -341,9 +333,9 @@ class SandboxManager:
                 sb.ips = list(result.ips)
                 await self._in_thread(self._write_hosts, sb)
             if sb.pid_mode == MODE_POD:
-                process = await infra.start(self._reactor, sb.namespaces)
+                process = await self._host.start_infra(sb.namespaces)
                 sb.infra_pid, sb.infra_start_time = process.pid, process.start_time
-                await self._in_thread(cgroups.add_process, self._cgroups, sb.cgroup_parent, process.pid)
+                await self._in_thread(self._host.add_to_cgroup, sb.cgroup_parent, process.pid)
             if self.nri is not None:
                 # NRI hook: plugins see the pod before anyone else; it becomes
                 # READY (visible) only once they all agreed (an error undoes it).
@@ -392,11 +384,11 @@ class SandboxManager:
         write_atomic(os.path.join(sb.dir, "hostname"), (sb.hostname + "\n").encode(), POD_ETC_FILE_MODE)
         self._write_hosts(sb)
         hostname = sb.hostname if "uts" in sb.namespaces else None
-        namespaces.create_pinned(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
+        self._host.create_pinned_namespaces(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
         if sb.netns:
-            namespaces.run_in_namespace(sb.netns, "net", _loopback_up)
+            self._host.bring_up_loopback(sb.netns)
         if sb.shm:
-            mounts.mount_shm(sb.shm, shm_size)
+            self._host.mount_shm(sb.shm, shm_size)
 
     @staticmethod
     def _write_hosts(sb: Sandbox) -> None:
@@ -478,7 +470,7 @@ class SandboxManager:
         idempotent; a CNI DEL that fails (config or plugin gone) is logged
         and does not keep the rest from being released."""
         if sb.infra_pid:
-            await infra.stop(self._reactor, infra.InfraProcess(sb.infra_pid, sb.infra_start_time))
+            await self._host.stop_infra(InfraProcess(sb.infra_pid, sb.infra_start_time))
         # A pod that never became ready (undone after a failure or a crash)
         # may be attached without knowing it: DEL is idempotent, so run it.
         if sb.network_attached or (sb.state == CREATING and sb.netns):
@@ -503,7 +495,7 @@ class SandboxManager:
                 log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
                          id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
             else:
-                await self._in_thread(cgroups.remove, sb.created_cgroups)
+                await self._in_thread(self._host.remove_cgroups, sb.created_cgroups)
             sb.created_cgroups = []
 
     def _cgroup_heir(self, sb: Sandbox) -> Sandbox | None:
@@ -514,12 +506,11 @@ class SandboxManager:
                 return other
         return None
 
-    @staticmethod
-    def _release_files(sb: Sandbox, pinned: list[str], remove: bool) -> None:
-        namespaces.remove_pinned(pinned)
+    def _release_files(self, sb: Sandbox, pinned: list[str], remove: bool) -> None:
+        self._host.remove_pinned_namespaces(pinned)
         if remove:
             if sb.shm:
-                mounts.unmount(sb.shm)
+                self._host.unmount(sb.shm)
             shutil.rmtree(sb.dir, ignore_errors=True)
 
     async def update_resources(self, id_or_prefix: str, resources: dict[str, Any]) -> None:
@@ -528,7 +519,7 @@ class SandboxManager:
         sb = self.get(id_or_prefix)
         if sb.state != READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
-        written = await self._in_thread(cgroups.apply_resources, self._cgroups, sb.cgroup_parent, resources)
+        written = await self._in_thread(self._host.set_cgroup_resources, sb.cgroup_parent, resources)
         log.info("pod sandbox {id}: resources set ({files})", id=sb.id, files=", ".join(written) or "nothing to set")
 
     # -- reporting ------------------------------------------------------------------

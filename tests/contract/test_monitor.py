@@ -104,6 +104,19 @@ async def test_kill_leftover_kills_an_unadopted_monitor_once(oci):
 
 
 @pytest_twisted.ensureDeferred
+async def test_leftover_pid_names_a_live_monitor_only(oci):
+    container_id, bundle, monitor = await oci.started()
+    driver = oci.restart()
+    assert driver.leftover_pid(container_id, bundle) == monitor.conmon_pid
+    other_id, other_bundle = oci.bundle()
+    assert driver.leftover_pid(other_id, other_bundle) is None  # never started
+    oci.let_exit(container_id, bundle, 0)
+    adopted = driver.adopt(container_id, bundle, monitor.conmon_pid, monitor.container_pid)
+    await oci.wait(adopted.exited)  # fires once the monitor is gone
+    assert driver.leftover_pid(container_id, bundle) is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_create_wants_an_absolute_log_path_and_leaves_nothing(oci):
     container_id, bundle = oci.bundle()
     with pytest.raises(InvalidArgument):

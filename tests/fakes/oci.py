@@ -333,6 +333,11 @@ class FakeMonitorDriver:
         """Kill the live monitor of *container_id*, if any (its container runs on)."""
         return self.files.live.pop(container_id, None)
 
+    def leftover_pid(self, container_id: str, bundle: str) -> int | None:
+        """The pid of the container's monitor while one runs."""
+        self.paths(container_id, bundle)  # the id check
+        return self.files.live.get(container_id)
+
     def forget(self, container_id: str) -> None:
         """Stop watching the container's monitor."""
         monitor = self._monitors.pop(container_id, None)

@@ -30,6 +30,7 @@ from twisted.internet import reactor
 from rktlet.cri.proto import pb
 from rktlet.oci import cgroups
 from rktlet.oci.conmon import Conmon
+from rktlet.oci.host import RealHost
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.pod.container import RUNNING, Container
 from rktlet.pod.containers import ContainerManager
@@ -256,7 +257,7 @@ def make_world(pushed_images: dict[str, Any]) -> Any:
         world.manager = ContainerManager(
             reactor, None, os.path.join(daemon.base, "inproc-run"), os.path.join(daemon.base, "inproc-root"),
             store=_Store(), sandboxes=world.sandboxes, images=None, runtimes={"runc": runtime},
-            conmons={"runc": conmon}, cgroup_layout=cgroups.detect(),
+            monitors={"runc": conmon}, host=RealHost(reactor, cgroups.detect()),
         )
         world.backend = StreamingBackend(reactor, reactor.getThreadPool(), world.manager, world.sandboxes)
         yield world

@@ -26,7 +26,7 @@ from rktlet.logs import logger
 from rktlet.oci.runtime import DEFAULT_PATH, OCIRuntime, clean_message
 
 from rktlet.oci.conmon import control
-from rktlet.oci.conmon.monitor import Monitor, Watcher, kill_leftover
+from rktlet.oci.conmon.monitor import Monitor, Watcher, kill_leftover, leftover_pid
 from rktlet.oci.conmon.paths import MonitorPaths, monitor_paths, read_exit, remove_files
 
 __all__ = ["Conmon", "parse_sync_message"]
@@ -462,6 +462,13 @@ class Conmon:
         counts only while it is a conmon whose command line names this
         container. Returns the pid killed, or None."""
         return kill_leftover(container_id, self.paths(container_id, bundle), self.comm, timeout)
+
+    def leftover_pid(self, container_id: str, bundle: str) -> int | None:
+        """Blocking (start-up recovery): the pid of *container_id*'s conmon
+        while one runs, from ``conmon.pid`` in the bundle, counted only
+        while it is a conmon whose command line names this container; else
+        None."""
+        return leftover_pid(container_id, self.paths(container_id, bundle), self.comm)
 
     def monitor(self, container_id: str) -> Monitor | None:
         """The latest :class:`Monitor` made for *container_id*, if any."""

@@ -213,8 +213,10 @@ class Watcher:
         return int(self._reactor.seconds() * 1_000_000_000)
 
 
-def kill_leftover(container_id: str, paths: MonitorPaths, comm: str, timeout: float) -> int | None:
-    """Blocking: SIGKILL the conmon of *paths* (see :meth:`Conmon.kill_leftover`)."""
+def leftover_pid(container_id: str, paths: MonitorPaths, comm: str) -> int | None:
+    """Blocking: the pid in the conmon pid file of *paths* when that process
+    still runs, is a conmon (*comm*) and names *container_id* on its command
+    line (a reused pid is not taken for it); else None."""
     try:
         with open(paths.conmon_pid_file) as f:
             pid = int(f.read().strip() or 0)
@@ -222,7 +224,15 @@ def kill_leftover(container_id: str, paths: MonitorPaths, comm: str, timeout: fl
             argv = f.read().split(b"\0")
     except (OSError, ValueError):
         return None
-    if not alive(pid, comm) or container_id.encode() not in argv:
+    if pid <= 0 or not alive(pid, comm) or container_id.encode() not in argv:
+        return None
+    return pid
+
+
+def kill_leftover(container_id: str, paths: MonitorPaths, comm: str, timeout: float) -> int | None:
+    """Blocking: SIGKILL the conmon of *paths* (see :meth:`Conmon.kill_leftover`)."""
+    pid = leftover_pid(container_id, paths, comm)
+    if pid is None:
         return None
     for kill in (os.killpg, os.kill):
         try:
