@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import os
 import stat
-from types import SimpleNamespace
 
 import pytest
 
 from rktlet import config, fsutil
-from rktlet.image.store import ImageStore
 from rktlet.oci import mounts
-from rktlet.pod import containers as containers_module
-from rktlet.pod import sandboxes as sandboxes_module
-from rktlet.pod.container import Container
-from rktlet.pod.containers import ContainerManager
-from rktlet.pod.records import Snapshots
+from rktlet.oci.host import RealHost
 from rktlet.pod.engine import Engine
-from rktlet.pod.sandbox import Sandbox
-from rktlet.pod.sandboxes import SandboxManager
-from rktlet.pod.store import PodStore
+from tests.unit.pod_world import PodWorld
 from tests.unit.test_engine_runtime import ImmediateReactor, InlineThreads
 
 
@@ -82,86 +74,45 @@ def test_engine_narrows_root_and_run_dir(tmp_path):
     assert (mode(root), mode(run)) == (0o700, 0o711)
 
 
-def test_container_bundle_layer_and_spec_modes(tmp_path, monkeypatch):
-    monkeypatch.setattr(containers_module.mounts, "mount", lambda *a: None)
-    monkeypatch.setattr(containers_module.users, "resolve_user", lambda *a: "user")
-    monkeypatch.setattr(containers_module, "build_spec", lambda *a: ({"process": {"env": ["SECRET=x"]}}, []))
-    c = Container(id="c1", sandbox_id="p1", name="n", attempt=0, fingerprint="", created_at=0, image="i",
-                  image_ref="i", bundle=str(tmp_path / "run" / "containers" / "c1"),
-                  layer_dir=str(tmp_path / "root" / "containers" / "c1"))
-    fake = SimpleNamespace(_daemon_oom=0, _host=None)
-    ContainerManager._prepare_bundle(fake, c, ["/lower"], SimpleNamespace(security=None),
-                                     SimpleNamespace(user=""), None)
+def test_container_bundle_layer_and_spec_modes(tmp_path):
+    world = PodWorld(str(tmp_path)).start()
+    c = world.create(world.run_pod())
     assert mode(c.bundle) == 0o700
     assert mode(os.path.join(c.bundle, "rootfs")) == 0o700
     assert mode(os.path.join(c.bundle, "config.json")) == 0o600
     assert mode(c.layer_dir) == 0o700
     assert mode(os.path.join(c.layer_dir, "work")) == 0o700
     assert mode(os.path.join(c.layer_dir, "upper")) == 0o755  # the container's "/"
+    assert mode(world.container_record(c.id)) == 0o600
 
 
 def test_container_manager_narrows_what_an_older_daemon_made(tmp_path):
+    world = PodWorld(str(tmp_path)).start()
+    c = world.create(world.run_pod())
     run, root = tmp_path / "run", tmp_path / "root"
-    bundle, layer = run / "containers" / "c1", root / "containers" / "c1"
-    for d in (bundle, layer, run / "exits", run / "s", run / "runtime" / "runc"):
-        d.mkdir(0o755, parents=True)
-    (bundle / "config.json").write_text("{}")
-    (bundle / "config.json").chmod(0o644)
-    c = Container(id="c1", sandbox_id="p1", name="n", attempt=0, fingerprint="", created_at=0, image="i",
-                  image_ref="i", bundle=str(bundle), layer_dir=str(layer), state="created")
-    store = SimpleNamespace(load=lambda: iter([c]))
-    runtime = SimpleNamespace(state_root=str(run / "runtime" / "runc"))
-    conmon = SimpleNamespace(exits_dir=str(run / "exits"), socket_dir=str(run / "s"))
-    manager = ContainerManager.__new__(ContainerManager)
-    manager._bundles, manager._layers = str(run / "containers"), str(root / "containers")
-    manager._store, manager._runtimes, manager._conmons = store, {"runc": runtime}, {"runc": conmon}
-    manager.containers, manager._by_key, manager._locks, manager._unreconciled = {}, {}, {}, []
-    manager.snapshots = Snapshots("container")
-    manager._sandboxes = SimpleNamespace(find=lambda _: None)
-    manager.load()
-    for d in (run / "containers", root / "containers", bundle, layer, run / "exits", run / "s", run / "runtime",
-              run / "runtime" / "runc"):
+    wide = [run / "containers", root / "containers", c.bundle, c.layer_dir, run / "exits", run / "s",
+            run / "runtime", run / "runtime" / "runc"]
+    for d in wide:
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+    os.chmod(os.path.join(c.bundle, "config.json"), 0o644)
+    world.restarted()  # an older daemon made them so; this one narrows them
+    for d in wide:
         assert mode(d) == 0o700, d
-    assert mode(bundle / "config.json") == 0o600
+    assert mode(os.path.join(c.bundle, "config.json")) == 0o600
 
 
-def test_pod_dir_namespaces_and_shm_mount_point(tmp_path, monkeypatch):
-    monkeypatch.setattr(sandboxes_module.namespaces, "create_pinned", lambda *a, **k: None)
-    monkeypatch.setattr(mounts, "mount", lambda *a: None)
-    pod_dir = tmp_path / "run" / "pods" / "p1"
-    sb = Sandbox(id="p1", name="n", namespace="ns", uid="u", attempt=0, fingerprint="", created_at=0, handler="runc",
-                 hostname="h", dir=str(pod_dir), shm=str(pod_dir / "shm"),
-                 dns={"servers": [], "searches": [], "options": []})
-    SandboxManager._make_files_and_namespaces(SimpleNamespace(_write_hosts=SandboxManager._write_hosts), sb, 1 << 20)
-    assert [mode(pod_dir / d) for d in ("", "ns", "shm")] == [0o700] * 3
+def test_pod_dir_namespaces_and_files(tmp_path):
+    world = PodWorld(str(tmp_path)).start()
+    sb = world.run_pod()
+    assert [mode(os.path.join(sb.dir, d)) for d in ("", "ns")] == [0o700] * 2
     # What containers bind-mount as /etc files stays readable inside them.
-    assert [mode(pod_dir / f) for f in ("resolv.conf", "hosts", "hostname")] == [0o644] * 3
+    assert [mode(os.path.join(sb.dir, f)) for f in ("resolv.conf", "hosts", "hostname")] == [0o644] * 3
 
 
-def test_record_stores_and_image_store(tmp_path):
-    pods = tmp_path / "root" / "pods"
-    pods.mkdir(0o755, parents=True)
-    store = PodStore(str(tmp_path / "root"))
-    list(store.load())
-    assert mode(pods) == 0o700
-    images = tmp_path / "root" / "images"
-    (images / "blobs" / "sha256").mkdir(0o755, parents=True)
-    (images / "layers").mkdir(0o755)
-    images.chmod(0o755)
-    s = ImageStore(str(tmp_path / "root"))
-    s.load()
-    for d in ("", "blobs", "blobs/sha256", "ingest", "layers"):
-        assert mode(images / d) == 0o700, d
-    layer = s.new_layer_dir()
-    assert (mode(layer), mode(os.path.join(layer, "diff"))) == (0o700, 0o755)
-
-
-def test_engine_leaves_a_shared_directory_it_was_given_alone(tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir(0o755)
-    (shared / "someone-elses").mkdir()
-    c = config.load({"root": str(tmp_path / "root"), "run-dir": str(shared),
-                     "cni-conf-dir": str(tmp_path / "net.d")})
-    Engine(c, ImmediateReactor(), InlineThreads()).load()
-    assert mode(shared) == 0o755  # like /run: not rktlet's to narrow
-    assert mode(tmp_path / "root") == 0o700
+def test_the_shm_mount_point_is_private(tmp_path, monkeypatch):
+    monkeypatch.setattr(mounts, "mount", lambda *a: None)
+    pod_dir = tmp_path / "pod"
+    pod_dir.mkdir(0o700)
+    RealHost(None, None).mount_shm(str(pod_dir / "shm"), 1 << 20)
+    assert mode(pod_dir / "shm") == 0o700
