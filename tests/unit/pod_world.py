@@ -87,13 +87,10 @@ class InlineThreads:
 def done(coroutine: Coroutine | Deferred) -> Any:
     """The result of an operation that must be finished at once (nothing
     in it waits on the clock); its exception raised."""
-    d = ensureDeferred(coroutine)
-    outcome: list[Any] = []
-    d.addBoth(outcome.append)
-    assert outcome, "the operation waits on something: advance the clock"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
+    result = outcome(ensureDeferred(coroutine))
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
 
 
 def pending(coroutine: Coroutine) -> Deferred:

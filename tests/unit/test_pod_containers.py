@@ -14,19 +14,9 @@ from rktlet.oci.container_config import ContainerConfig, Resources, Security
 from rktlet.pod import events
 from rktlet.pod.container import CREATED, EXITED, RUNNING
 from rktlet.pod.sandbox import READY
-from tests.unit.pod_world import EPOCH_START, IMAGE, PodWorld, done, outcome, pending
+from tests.unit.pod_world import EPOCH_START, IMAGE, done, outcome, pending
 
 NS = 1_000_000_000
-
-
-@pytest.fixture
-def world(tmp_path) -> PodWorld:
-    return PodWorld(str(tmp_path)).start()
-
-
-@pytest.fixture
-def pod(world):
-    return world.run_pod()
 
 
 def rootfs(c) -> str:

@@ -7,20 +7,9 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from rktlet.pod.container import CREATED, EXITED, RUNNING
 from tests.unit.pod_world import PodWorld, done
-
-
-@pytest.fixture
-def world(tmp_path) -> PodWorld:
-    return PodWorld(str(tmp_path)).start()
-
-
-@pytest.fixture
-def pod(world):
-    return world.run_pod()
 
 
 def down(world: PodWorld) -> None:

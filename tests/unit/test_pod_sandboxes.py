@@ -14,12 +14,7 @@ from twisted.internet import reactor
 from rktlet.errors import AlreadyExists, RuntimeFailure
 from rktlet.pod.sandbox import CREATING, MODE_POD, NOTREADY, READY
 from rktlet.pod.sandboxes import SandboxManager
-from tests.unit.pod_world import EPOCH_START, InlineThreads, PodWorld, done, pod_spec
-
-
-@pytest.fixture
-def world(tmp_path) -> PodWorld:
-    return PodWorld(str(tmp_path)).start()
+from tests.unit.pod_world import EPOCH_START, InlineThreads, done, pod_spec
 
 
 def pod_cgroup(sb) -> str:
