@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -29,7 +30,15 @@ def _conmon(tmp_path) -> Conmon:
 
 
 def _fake_monitor(*argv: str) -> int:
-    return os.posix_spawn(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", *argv], {})
+    pid = os.posix_spawn(sys.executable, [sys.executable, "-c", "import time; time.sleep(60)", *argv], {})
+    # Until the child has exec'd, /proc shows this process's command line.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"time.sleep(60)" in f.read():
+                return pid
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not start")
 
 
 def _reap(pid: int) -> None:
