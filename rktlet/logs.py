@@ -25,6 +25,11 @@ def set_level(name: str) -> None:
     _predicate.setLogLevelForNamespace(None, LogLevel.levelWithName(name))
 
 
+def debug_enabled() -> bool:
+    """Whether debug events are written (to skip building costly ones)."""
+    return _predicate.logLevelForNamespace(None) <= LogLevel.debug
+
+
 def logger(namespace: str) -> Logger:
     """A :class:`Logger` for *namespace* that honours the configured level."""
     return Logger(namespace=namespace, observer=_observer)

@@ -70,6 +70,8 @@ class _CallLog:
         context.abort(code, message)  # raises
 
     def done(self) -> None:
+        if not logs.debug_enabled():
+            return  # every call ends here: build nothing that is not written
         log.debug(
             "{method} {ids} {duration_ms:.1f}ms {code}",
             method=self.method,
