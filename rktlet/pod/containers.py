@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet import debugpoints, logs
+from rktlet.deferutil import Shared
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
 from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_json_atomic
 from rktlet.oci import users
@@ -128,6 +129,8 @@ class ContainerManager:
         self._orphans: set[str] = set()
         # Removed containers whose files are being removed: id → image layers.
         self._removing: dict[str, list[str]] = {}
+        # Exited containers being deleted from the runtime (see _release).
+        self._releasing: dict[str, Shared] = {}
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -605,29 +608,37 @@ class ContainerManager:
         that waited for it, as containerd's shim does; RemoveContainer then
         has only files left to remove."""
         def release() -> None:
+            if c.id in self._releasing:
+                return
             d = ensureDeferred(self._release(c))
-            d.addErrback(lambda f: log.failure("releasing container {id} failed", failure=f, id=c.id))
+
+            def failed(failure: Any) -> bool:
+                log.failure("releasing container {id} failed", failure=failure, id=c.id)
+                return False
+
+            d.addErrback(failed)
+            d.addBoth(lambda released: (self._releasing.pop(c.id, None), released)[1])
+            if not d.called:
+                self._releasing[c.id] = Shared(d, cancel_when_abandoned=False)
 
         self._reactor.callLater(0, release)
 
-    async def _release(self, c: Container) -> None:
-        if self.containers.get(c.id) is not c:
-            return  # removed already (checked first: a lock is made for live ids only)
-        lock = self._lock(c.id)
-        await lock.acquire()
+    async def _release(self, c: Container) -> bool:
+        """``runc delete`` of an exited container; whether it is out of the
+        runtime. No lock: once EXITED a container is only removed, and
+        RemoveContainer waits for this instead of deleting it again."""
+        if self.containers.get(c.id) is not c or c.state != EXITED or c.id in self._released:
+            return True
+        sb = self._sandboxes.find(c.sandbox_id)
         try:
-            if self.containers.get(c.id) is not c or c.state != EXITED or c.id in self._released:
-                return
-            sb = self._sandboxes.find(c.sandbox_id)
-            try:
-                await self._runtimes[sb.handler if sb else "runc"].delete(c.id, force=True)
-            except RktletError as e:
-                log.warn("container {id} exited; deleting it from the runtime failed ({error}): "
-                         "RemoveContainer will try again", id=c.id, error=str(e))
-                return
+            await self._runtimes[sb.handler if sb else "runc"].delete(c.id, force=True)
+        except RktletError as e:
+            log.warn("container {id} exited; deleting it from the runtime failed ({error}): "
+                     "RemoveContainer will try again", id=c.id, error=str(e))
+            return False
+        if self.containers.get(c.id) is c:
             self._released.add(c.id)
-        finally:
-            lock.release()
+        return True
 
     def _record_exit(self, c: Container, exit_code: int, finished_at: int, oom: bool, message: str = "") -> None:
         # The exit file's mtime is coarse (the kernel's jiffy clock): a quick
@@ -697,8 +708,12 @@ class ContainerManager:
             await self._stop(c, 0)
             sb = self._sandboxes.find(c.sandbox_id)
             handler = sb.handler if sb else "runc"
-            if c.id not in self._released:
-                await self._runtimes[handler].delete(c.id, force=True)
+            runtime = self._runtimes[handler]
+            # Deleted from the runtime at its exit already, or being deleted
+            # now (then the files wait for that: see _remove_files_soon).
+            releasing = self._releasing.get(c.id)
+            if releasing is None and c.id not in self._released:
+                await runtime.delete(c.id, force=True)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RUNTIME_DELETED, self._reactor)
             conmon = self._conmons[handler]
             conmon.forget(c.id)  # its Monitor is not needed any more
@@ -709,7 +724,7 @@ class ContainerManager:
             self._locks.pop(c.id, None)
             self._released.discard(c.id)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
-            self._remove_files_soon(c, conmon)
+            self._remove_files_soon(c, conmon, releasing, runtime)
             log.info("container {id} ({name}) removed", id=c.id, name=c.name)
             if self.nri is not None and sb is not None:
                 await self.nri.remove_container(sb, c)  # NRI hook
@@ -717,24 +732,32 @@ class ContainerManager:
         finally:
             lock.release()
 
-    def _remove_files_soon(self, c: Container, conmon: MonitorDriver) -> None:
-        """Remove a removed container's files in a thread: conmon's files,
-        the root filesystem mount, bundle and writable layer. Its image
-        layers count as in use until then (they are the overlay's lowers)."""
+    def _remove_files_soon(self, c: Container, conmon: MonitorDriver, releasing: Shared | None,
+                           runtime: Runtime) -> None:
+        """After RemoveContainer answered: once the container's release from
+        the runtime (if one is under way) is over — and done again if it
+        failed —, remove its files in a thread: conmon's files, the root
+        filesystem mount, bundle and writable layer. Its image layers count
+        as in use until then (they are the overlay's lowers)."""
         self._removing[c.id] = list(c.chain_ids)
 
         def remove() -> None:
             conmon.cleanup(conmon.paths(c.id, c.bundle))
             self._remove_files(c.bundle, c.layer_dir)
 
+        async def finish() -> None:
+            if releasing is not None and not await releasing.wait():
+                await runtime.delete(c.id, force=True)
+            await self._in_thread(remove)
+
+        def failed(failure: Any) -> None:
+            log.error("removing container {id} from the runtime or its files failed: {error}; start-up removes "
+                      "what is left", id=c.id, error=failure.getErrorMessage())
+
         def done(result: Any) -> None:
             self._removing.pop(c.id, None)
 
-        def failed(failure: Any) -> None:
-            log.error("removing the files of container {id} failed: {error}; start-up removes what is left",
-                      id=c.id, error=failure.getErrorMessage())
-
-        d = self._in_thread(remove)
+        d = Deferred.fromCoroutine(finish())
         d.addErrback(failed)
         d.addBoth(done)
 

@@ -180,3 +180,34 @@ def test_resources_of_a_running_container_go_to_the_runtime(world, pod):
     c = world.started(pod)
     done(world.containers.update_resources(c.id, Resources(cpu_shares=512)))
     assert world.runtime.containers[c.id].resources.get("cpu", {}).get("shares") == 512
+
+
+@pytest.mark.parametrize("release_fails", [False, True])
+def test_remove_does_not_wait_for_the_release_of_an_exited_container(world, pod, monkeypatch, release_fails):
+    """An exited container is deleted from the runtime right after its exit;
+    a RemoveContainer arriving meanwhile answers at once, and the files
+    follow once that delete is over (done again if it failed)."""
+    from twisted.internet.defer import Deferred
+
+    c = world.started(pod)
+    real_delete, gate = world.runtime.delete, Deferred()
+
+    async def slow_delete(container_id: str, force: bool = True) -> None:
+        await gate
+        await real_delete(container_id, force)
+
+    monkeypatch.setattr(world.runtime, "delete", slow_delete)
+    world.runtime.exit(c.id, 0)
+    world.clock.advance(0)  # the release starts and waits on the gate
+    done(world.containers.remove(c.id))  # answered without waiting for it
+    assert world.containers.find(c.id) is None and world.stored(world.container_record(c.id)) is None
+    assert os.path.exists(c.bundle) and c.id in world.runtime.containers  # not yet
+    assert set(c.chain_ids) <= set(world.containers.layers_in_use())  # its layers kept meanwhile
+    monkeypatch.setattr(world.runtime, "delete", real_delete)
+    if release_fails:
+        gate.errback(RuntimeFailure("runc delete: injected failure"))
+    else:
+        gate.callback(None)
+    assert c.id not in world.runtime.containers  # deleted (again, after a failed release)
+    assert not os.path.exists(c.bundle) and rootfs(c) not in world.host.mounts
+    assert world.containers.layers_in_use() == []
