@@ -43,6 +43,24 @@ def _image_name(spec: pb.ImageSpec, field: str) -> str:
 class ImageService(Servicer):
     """``runtime.v1.ImageService``."""
 
+    # Image messages kept at most (the store's images, normally a few hundred).
+    _CACHE_LIMIT = 20_000
+
+    def __init__(self, engine: Any, bridge: Any) -> None:
+        super().__init__(engine, bridge)
+        # id → (record, its message): records are immutable, so a message
+        # is good while the store holds the same record object. Worker
+        # threads share it without a lock: entries are only replaced whole.
+        self._messages: dict[str, tuple[Any, pb.Image]] = {}
+
+    def _message(self, record: Any) -> pb.Image:
+        entry = self._messages.get(record.id)
+        if entry is None or entry[0] is not record:
+            if len(self._messages) > self._CACHE_LIMIT:
+                self._messages = {}
+            entry = self._messages[record.id] = (record, image_to_cri(record))
+        return entry[1]
+
     def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> pb.PullImageResponse:
         name = _image_name(request.image, "image")
         credentials = Credentials.from_cri(request.auth) if request.HasField("auth") else None
@@ -58,7 +76,7 @@ class ImageService(Servicer):
             records = [record] if record is not None else []
         else:
             records = self._engine.images.list()
-        return [image_to_cri(r) for r in records]
+        return [self._message(r) for r in records]
 
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
         return pb.ListImagesResponse(images=self._images(request.filter, context))
@@ -72,7 +90,7 @@ class ImageService(Servicer):
         record = self._engine.images.find(name)  # no hop: see _images
         if record is None:
             return pb.ImageStatusResponse()  # the CRI's answer for an absent image
-        response = pb.ImageStatusResponse(image=image_to_cri(record))
+        response = pb.ImageStatusResponse(image=self._message(record))
         if request.verbose:
             try:
                 config = self._engine.images.config(record)  # the blob is read once, then cached

@@ -176,10 +176,9 @@ class RuntimeService(StreamingRPCs, Servicer):
     def ContainerStatus(self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext) -> pb.ContainerStatusResponse:
         # Served here, from the container's snapshot: no hop to the reactor.
         container = self._engine.containers.status(request.container_id)
-        info = self._engine.containers.verbose_info(container) if request.verbose else None
         response = pb.ContainerStatusResponse(status=container_convert.container_status(container))
-        if info is not None:
-            response.info["info"] = json.dumps(info)
+        if request.verbose:
+            response.info["info"] = self._engine.containers.verbose_json(container)
         return response
 
     def UpdateContainerResources(

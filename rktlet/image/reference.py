@@ -6,6 +6,7 @@ keeps its registry and digest; ``name:tag@digest`` is pulled by its digest.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ def validate_digest(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)  # References are immutable; ImageStatus parses the same few names all day.
 def parse(ref: str) -> Reference:
     """Parse and normalize *ref*.
 

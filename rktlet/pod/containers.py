@@ -112,6 +112,8 @@ class ContainerManager:
         # snapshots (any thread: see rktlet.pod.records).
         self.containers: dict[str, Container] = {}
         self.snapshots: Snapshots[Container] = Snapshots("container")
+        # ContainerStatus verbose, per snapshot: id → (snapshot, JSON).
+        self._verbose: dict[str, tuple[Container, str]] = {}
         self._by_key: dict[str, str] = {}
         self._monitors: dict[str, Monitor] = {}
         self._locks: dict[str, DeferredLock] = {}
@@ -150,6 +152,7 @@ class ContainerManager:
         """Forget *c*: record deleted, snapshot withdrawn, indexes cleared."""
         self._store.delete(c.id)
         self.snapshots.withdraw(c.id)
+        self._verbose.pop(c.id, None)
         if self.containers.get(c.id) is c:
             del self.containers[c.id]
         if self._by_key.get(c.key) == c.id:
@@ -841,6 +844,17 @@ class ContainerManager:
             spec = None
         return {"pid": c.container_pid, "conmonPid": c.conmon_pid, "bundle": c.bundle, "runtimeSpec": spec,
                 "sandboxID": c.sandbox_id, "user": c.user}
+
+    def verbose_json(self, c: Container) -> str:
+        """:meth:`verbose_info` of the snapshot *c* as JSON, made once per
+        snapshot (the spec file is written at create and never again); any
+        thread. The kubelet and critest ask for it on every status."""
+        entry = self._verbose.get(c.id)
+        if entry is None or entry[0] is not c:
+            entry = (c, json.dumps(self.verbose_info(c)))
+            if self.snapshots.current(c.id) is c:  # not for a removed one: nothing would drop it
+                self._verbose[c.id] = entry
+        return entry[1]
 
 
     # -- exec, attach (ExecSync and the streaming server) -------------------------------
