@@ -34,7 +34,7 @@ from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 from rktlet.pod.drivers import Host, ImageLookup, Monitor, MonitorDriver, Runtime
 from rktlet.pod.events import EventHub
-from rktlet.pod.records import Snapshots
+from rktlet.pod.records import Committer, Snapshots
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
@@ -112,6 +112,7 @@ class ContainerManager:
         # snapshots (any thread: see rktlet.pod.records).
         self.containers: dict[str, Container] = {}
         self.snapshots: Snapshots[Container] = Snapshots("container")
+        self._committer = Committer(reactor, threadpool, store, self.snapshots, self._visible)
         # ContainerStatus verbose, per snapshot: id → (snapshot, JSON).
         self._verbose: dict[str, tuple[Container, str]] = {}
         self._by_key: dict[str, str] = {}
@@ -141,22 +142,32 @@ class ContainerManager:
         """Now, in ns since the epoch, by the reactor's clock (a test's Clock drives it)."""
         return int(self._reactor.seconds() * 1e9)
 
-    def _commit(self, c: Container) -> None:
-        """Persist *c* (atomically), then publish its snapshot — unless NRI
-        plugins have not agreed to it yet (it is published when they do)."""
-        self._store.save(c)
-        if c.id not in self._nri_hidden:
-            self.snapshots.publish(c)
+    def _visible(self, c: Container) -> bool:
+        # Live, and agreed to by NRI plugins (published when they agree).
+        return self.containers.get(c.id) is c and c.id not in self._nri_hidden
 
-    def _drop(self, c: Container) -> None:
-        """Forget *c*: record deleted, snapshot withdrawn, indexes cleared."""
-        self._store.delete(c.id)
-        self.snapshots.withdraw(c.id)
+    def _commit(self, c: Container) -> Deferred:
+        """Persist *c* as it is now (in a thread), then publish its snapshot
+        (see :class:`~rktlet.pod.records.Committer`); await it before
+        answering the RPC that changed it."""
+        return self._committer.commit(c)
+
+    def _commit_soon(self, c: Container) -> None:
+        """:meth:`_commit` for a change no RPC waits on (an exit); a failed
+        write is logged (the next commit of *c* writes it all again)."""
+        d = self._commit(c)
+        d.addErrback(lambda f: log.error("persisting container {id} failed: {error}", id=c.id,
+                                         error=f.getErrorMessage()))
+
+    def _drop(self, c: Container) -> Deferred:
+        """Forget *c*: indexes cleared and snapshot withdrawn now, the record
+        deleted once its pending writes are done (await it)."""
         self._verbose.pop(c.id, None)
         if self.containers.get(c.id) is c:
             del self.containers[c.id]
         if self._by_key.get(c.key) == c.id:
             del self._by_key[c.key]
+        return self._committer.delete(c.id)
 
     def _lock(self, container_id: str) -> DeferredLock:
         return self._locks.setdefault(container_id, DeferredLock())
@@ -267,7 +278,7 @@ class ContainerManager:
         if outcome == recovery.ADOPT:
             c.conmon_pid, c.container_pid = conmon_pid, int(state.get("pid") or 0)
             c.state = RUNNING
-            self._commit(c)
+            await self._commit(c)
             self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
             log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
                      "{pid} re-adopted", id=c.id, pid=conmon_pid)
@@ -302,8 +313,10 @@ class ContainerManager:
         and the pod's containers (taken only when someone listens)."""
         if not self.events.listening:
             return
-        pod_containers = self.snapshots.select(lambda x: x.sandbox_id == c.sandbox_id)
-        self.events.publish(kind, c.snapshot(), self._sandboxes.snapshots.current(c.sandbox_id), pod_containers,
+        snap = c.snapshot()  # as it is now: its commit may still be on its way
+        pod_containers = [snap if x.id == c.id else x
+                          for x in self.snapshots.select(lambda x: x.sandbox_id == c.sandbox_id)]
+        self.events.publish(kind, snap, self._sandboxes.snapshots.current(c.sandbox_id), pod_containers,
                             self._now_ns())
 
     # -- lookups -----------------------------------------------------------------
@@ -435,15 +448,15 @@ class ContainerManager:
             c.resources = spec.get("linux", {}).get("resources", {})
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_BUNDLE_MADE, self._reactor)
             self._check_pod_accepts_containers(sb)  # not removed while the bundle was made
-            self._commit(c)
+            await self._commit(c)
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_SAVED, self._reactor)
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
                 await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_agreed(c))
         except BaseException:
             self._nri_hidden.discard(container_id)
-            self._drop(c)
             try:
+                await self._drop(c)
                 await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
             finally:
                 self._locks.pop(container_id, None)
@@ -573,14 +586,14 @@ class ContainerManager:
                     log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = self._now_ns()
-                self._commit(c)
+                await self._commit(c)
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
                     # container's config is at fault, not the runtime.
                     raise FailedPrecondition(f"container {c.id} cannot start: {e}") from None
                 raise
             c.state, c.started_at = RUNNING, started_at
-            self._commit(c)
+            await self._commit(c)
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
             self._publish(event_kinds.STARTED, c)
@@ -649,7 +662,7 @@ class ContainerManager:
         c.state, c.exit_code, c.finished_at = EXITED, exit_code, max(finished_at, c.started_at)
         c.reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
         c.message = message
-        self._commit(c)
+        self._commit_soon(c)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
         self._publish(event_kinds.STOPPED, c)
         if self.nri is not None and (sb := self._sandboxes.find(c.sandbox_id)) is not None:
@@ -664,6 +677,7 @@ class ContainerManager:
         if c is None:
             return
         await self._stop(c, timeout)
+        await self._committer.settled(c.id)  # its exit persisted and shown before the answer
 
     async def _stop(self, c: Container, timeout: float) -> None:
         monitor = self._monitors.get(c.id)
@@ -723,7 +737,7 @@ class ContainerManager:
             # The record goes first; the files follow off the request path.
             # A crash in between leaves files without a record, which
             # start-up removes (rule 7 of rktlet.pod.recovery).
-            self._drop(c)
+            await self._drop(c)
             self._locks.pop(c.id, None)
             self._released.discard(c.id)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
@@ -769,6 +783,7 @@ class ContainerManager:
         at once: the kubelet has already given each its grace period)."""
         for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
             await self._stop(c, 0)
+            await self._committer.settled(c.id)
 
     async def remove_pod_containers(self, sb: Sandbox) -> None:
         """RemovePodSandbox: remove the pod's containers."""
@@ -785,7 +800,7 @@ class ContainerManager:
             log.info("container {id}: {note}", id=c.id, note=note)
         if c.state != RUNNING:
             c.resources.update(resources)
-            self._commit(c)
+            await self._commit(c)
             return
         sb = self._sandboxes.get(c.sandbox_id)
         try:
@@ -798,7 +813,7 @@ class ContainerManager:
                 raise InvalidArgument(f"linux: {e}") from None
             raise
         c.resources.update(resources)
-        self._commit(c)
+        await self._commit(c)
 
     def linux_resources(self, wanted: Resources) -> dict[str, Any]:
         """OCI ``linux.resources`` for CRI resources, as this host allows them."""

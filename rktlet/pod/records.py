@@ -21,10 +21,13 @@ from __future__ import annotations
 from dataclasses import FrozenInstanceError
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
+
 from rktlet.errors import NotFound
 from rktlet.pod import ids
 
-__all__ = ["Record", "Snapshots"]
+__all__ = ["Committer", "Record", "Snapshots"]
 
 
 def _plain_copy(value: Any) -> Any:
@@ -80,7 +83,10 @@ class Snapshots(Generic[R]):
 
     def publish(self, record: R) -> R:
         """Publish a snapshot of *record* (reactor thread); returns it."""
-        snap = record.snapshot()
+        return self.put(record.snapshot())
+
+    def put(self, snap: R) -> R:
+        """Publish *snap*, a snapshot already made (reactor thread)."""
         current = dict(self._current)
         current[snap.id] = snap  # type: ignore[attr-defined]
         self._current = current
@@ -128,3 +134,92 @@ class Snapshots(Generic[R]):
         """The snapshots *keep* accepts, oldest first (by ``created_at``)."""
         pool = self._current.values() if candidates is None else candidates
         return sorted((s for s in pool if keep(s)), key=lambda s: s.created_at)  # type: ignore[attr-defined]
+
+
+class Committer(Generic[R]):
+    """Commits of one kind of record: each is persisted in a thread (the
+    write and its fsyncs never hold the reactor), then its snapshot is
+    published — persisted before anyone sees it. The commits and deletions
+    of one record run one after another, in the order asked (so an older
+    state never lands over a newer one, nor a write over a deletion);
+    those of different records run side by side.
+
+    Used on the reactor thread.
+
+    :param reactor: the thread handoff.
+    :param threadpool: where the writes run.
+    :param store: ``save(record)`` and ``delete(record_id)``, both blocking.
+    :param snapshots: where snapshots are published.
+    :param visible: whether a record committed now is to be shown (e.g.
+        not while NRI plugins have not agreed to it, nor once forgotten).
+    """
+
+    def __init__(self, reactor: Any, threadpool: Any, store: Any, snapshots: Snapshots[R],
+                 visible: Callable[[R], bool]) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._store = store
+        self._snapshots = snapshots
+        self._visible = visible
+        # Per record id: a Deferred firing (with None, never failing) when
+        # the last step queued for it is over.
+        self._tails: dict[str, Deferred] = {}
+
+    def commit(self, record: R) -> Deferred:
+        """Persist *record* as it is now, then publish it (if visible then).
+        Fires when done; fails with the write's error (nothing published)."""
+        snap = record.snapshot()
+
+        def publish(_: Any) -> None:
+            if self._visible(record):
+                self._snapshots.put(snap)
+
+        def work() -> Deferred:
+            d = deferToThreadPool(self._reactor, self._threadpool, self._store.save, snap)
+            d.addCallback(publish)
+            return d
+
+        return self._enqueue(snap.id, work)  # type: ignore[attr-defined]
+
+    def delete(self, record_id: str) -> Deferred:
+        """Withdraw the record's snapshot now and delete the record once
+        the steps queued before are over; fires when it is deleted."""
+        self._snapshots.withdraw(record_id)
+
+        def work() -> Deferred:
+            d = deferToThreadPool(self._reactor, self._threadpool, self._store.delete, record_id)
+            d.addCallback(lambda _: self._snapshots.withdraw(record_id))  # None: a commit may have published meanwhile
+            return d
+
+        return self._enqueue(record_id, work)
+
+    def settled(self, record_id: str) -> Deferred:
+        """Fires once every step queued so far for the record is over."""
+        done: Deferred = Deferred()
+        tail = self._tails.get(record_id)
+        if tail is None:
+            done.callback(None)
+        else:
+            tail.addCallback(lambda _: done.callback(None))
+        return done
+
+    def _enqueue(self, record_id: str, work: Callable[[], Deferred]) -> Deferred:
+        result: Deferred = Deferred()
+        link: Deferred = Deferred()
+        previous = self._tails.get(record_id)
+        self._tails[record_id] = link
+
+        def run(_: Any = None) -> None:
+            def over(outcome: Any) -> None:
+                if self._tails.get(record_id) is link:
+                    del self._tails[record_id]
+                link.callback(None)
+                result.callback(outcome)  # a Failure errbacks the caller's Deferred
+
+            maybeDeferred(work).addBoth(over)
+
+        if previous is None:
+            run()
+        else:
+            previous.addCallback(run)
+        return result

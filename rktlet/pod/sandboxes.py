@@ -32,7 +32,7 @@ from rktlet.oci.handlers import Handlers
 from rktlet.oci.infra import InfraProcess
 from rktlet.pod import ids
 from rktlet.pod.drivers import Host, Network
-from rktlet.pod.records import Snapshots
+from rktlet.pod.records import Committer, Snapshots
 from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import SandboxSpec
 from rktlet.pod.store import PodStore
@@ -94,6 +94,8 @@ class SandboxManager:
         # snapshots (any thread: see rktlet.pod.records).
         self.sandboxes: dict[str, Sandbox] = {}
         self.snapshots: Snapshots[Sandbox] = Snapshots("pod sandbox")
+        self._committer = Committer(reactor, threadpool, store, self.snapshots,
+                                    lambda sb: self.sandboxes.get(sb.id) is sb)
         self._by_key: dict[str, str] = {}
         self._creating: dict[str, Shared] = {}
         self._locks: dict[str, DeferredLock] = {}
@@ -128,7 +130,7 @@ class SandboxManager:
             if sb.state == READY and not self._intact(sb):
                 log.warn("pod sandbox {id} lost its namespaces or infra process; now NOTREADY", id=sb.id)
                 sb.state = NOTREADY
-                self._commit(sb)
+                self._store.save(sb)  # at start-up, before serving: blocking is fine
             for d in (sb.dir, os.path.join(sb.dir, "ns")):
                 set_mode(d, PRIVATE_DIR)  # a pod dir an older daemon made
             self._add(sb)
@@ -188,25 +190,26 @@ class SandboxManager:
                 await self._teardown(sb, remove=True)
             except Exception as e:
                 log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
-            self._store.delete(sb.id)
+            await self._committer.delete(sb.id)
 
-    def _commit(self, sb: Sandbox) -> None:
-        """Persist *sb* (atomically), then publish its snapshot."""
-        self._store.save(sb)
-        if self.sandboxes.get(sb.id) is sb:
-            self.snapshots.publish(sb)
+    def _commit(self, sb: Sandbox) -> Deferred:
+        """Persist *sb* as it is now (in a thread), then publish its
+        snapshot (see :class:`~rktlet.pod.records.Committer`); await it."""
+        return self._committer.commit(sb)
 
     def _add(self, sb: Sandbox) -> None:
         self.sandboxes[sb.id] = sb
         self.snapshots.publish(sb)
         self._by_key[sb.key] = sb.id
 
-    def _forget(self, sb: Sandbox) -> None:
+    def _forget(self, sb: Sandbox) -> Deferred:
+        """Forget *sb*: indexes cleared and snapshot withdrawn now, the
+        record deleted once its pending writes are done (await it)."""
         self.sandboxes.pop(sb.id, None)
-        self.snapshots.withdraw(sb.id)
         if self._by_key.get(sb.key) == sb.id:
             del self._by_key[sb.key]
         self._locks.pop(sb.id, None)
+        return self._committer.delete(sb.id)
 
     def _lock(self, sandbox_id: str) -> DeferredLock:
         return self._locks.setdefault(sandbox_id, DeferredLock())
@@ -273,7 +276,6 @@ class SandboxManager:
         handler = self.handlers.select(spec.handler, spec.annotations)
         sb = self._new_record(spec, handler)
         self._add(sb)
-        self._commit(sb)  # CREATING: a crash from here on is undone at start-up
         operation = Deferred.fromCoroutine(self._create(sb, spec))
         self._creating[sb.id] = Shared(operation, cancel_when_abandoned=False)
         try:
@@ -320,6 +322,7 @@ class SandboxManager:
     async def _create(self, sb: Sandbox, spec: SandboxSpec) -> Sandbox:
         started = time.monotonic()
         try:
+            await self._commit(sb)  # CREATING: a crash from here on is undone at start-up
             await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
             created = await self._in_thread(self._host.ensure_cgroup, sb.cgroup_parent)
             # Only the pod's own level is the pod's: ancestors made on the way
@@ -341,15 +344,14 @@ class SandboxManager:
                 # READY (visible) only once they all agreed (an error undoes it).
                 await self.nri.run_pod_sandbox(sb, commit=lambda: setattr(sb, "state", READY))
             sb.state = READY
-            self._commit(sb)
+            await self._commit(sb)
         except BaseException as e:
             log.error("RunPodSandbox {key} failed: {error}; undoing", key=sb.key, error=e)
             try:
                 await self._teardown(sb, remove=True)
             except Exception as undo_error:
                 log.error("undo of pod sandbox {id} incomplete: {error}", id=sb.id, error=undo_error)
-            self._store.delete(sb.id)
-            self._forget(sb)
+            await self._forget(sb)
             raise
         log.info("pod sandbox {id} ({key}) ready in {ms:.0f}ms, IPs {ips}", id=sb.id, key=sb.key,
                  ms=(time.monotonic() - started) * 1000, ips=",".join(sb.ips) or "host network")
@@ -409,7 +411,7 @@ class SandboxManager:
             await self._teardown(sb, remove=False)
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
-                self._commit(sb)
+                await self._commit(sb)
 
         await self._exclusively(id_or_prefix, stop)
 
@@ -435,8 +437,7 @@ class SandboxManager:
             await debugpoints.reached(debugpoints.POD_REMOVE_TORN_DOWN, self._reactor)
             if self.nri is not None:
                 await self.nri.remove_pod_sandbox(sb)  # NRI hook
-            self._store.delete(sb.id)
-            self._forget(sb)
+            await self._forget(sb)
             log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)
 
         await self._exclusively(id_or_prefix, remove)
@@ -491,7 +492,7 @@ class SandboxManager:
                 # below it: removing it would kill that pod's processes. That
                 # pod takes the cgroups over and removes them when it goes.
                 heir.created_cgroups = sorted(set(heir.created_cgroups) | set(sb.created_cgroups))
-                self._commit(heir)
+                await self._commit(heir)
                 log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
                          id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
             else:
