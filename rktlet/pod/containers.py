@@ -34,7 +34,7 @@ from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 from rktlet.pod.drivers import Host, ImageLookup, Monitor, MonitorDriver, Runtime
 from rktlet.pod.events import EventHub
-from rktlet.pod.records import Committer, Snapshots
+from rktlet.pod.records import Records
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
@@ -108,24 +108,23 @@ class ContainerManager:
         self._conmons = monitors
         self._host = host
         self.events = events or EventHub()
-        # The live records (reactor thread only) and their published
-        # snapshots (any thread: see rktlet.pod.records).
-        self.containers: dict[str, Container] = {}
-        self.snapshots: Snapshots[Container] = Snapshots("container")
-        self._committer = Committer(reactor, threadpool, store, self.snapshots, self._visible)
+        # The live records (reactor thread only), their keys and locks,
+        # their published snapshots (any thread): rktlet.pod.records.
+        # Containers whose NRI CreateContainer is in progress are hidden.
+        self._nri_hidden: set[str] = set()
+        self.records: Records[Container] = Records("container", reactor, threadpool, store,
+                                                   hidden=lambda c: c.id in self._nri_hidden)
+        self.containers = self.records.live
+        self.snapshots = self.records.snapshots
         # ContainerStatus verbose, per snapshot: id → (snapshot, JSON).
         self._verbose: dict[str, tuple[Container, str]] = {}
-        self._by_key: dict[str, str] = {}
         self._monitors: dict[str, Monitor] = {}
-        self._locks: dict[str, DeferredLock] = {}
         # Exited containers already deleted from the runtime (see _release).
         self._released: set[str] = set()
         self._daemon_oom = _own_oom_score_adj()
         self._host_info = HostInfo.probe()  # what the spec builder needs to know of this host, read once
-        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI);
-        # containers whose NRI CreateContainer is in progress are hidden.
+        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
         self.nri: Any = None
-        self._nri_hidden: set[str] = set()
         # Start-up recovery (rktlet.pod.recovery): CREATED records to check
         # against the runtime, ids that have files but no record.
         self._unreconciled: list[Container] = []
@@ -142,15 +141,11 @@ class ContainerManager:
         """Now, in ns since the epoch, by the reactor's clock (a test's Clock drives it)."""
         return int(self._reactor.seconds() * 1e9)
 
-    def _visible(self, c: Container) -> bool:
-        # Live, and agreed to by NRI plugins (published when they agree).
-        return self.containers.get(c.id) is c and c.id not in self._nri_hidden
-
     def _commit(self, c: Container) -> Deferred:
         """Persist *c* as it is now (in a thread), then publish its snapshot
         (see :class:`~rktlet.pod.records.Committer`); await it before
         answering the RPC that changed it."""
-        return self._committer.commit(c)
+        return self.records.commit(c)
 
     def _commit_soon(self, c: Container) -> None:
         """:meth:`_commit` for a change no RPC waits on (an exit); a failed
@@ -163,14 +158,10 @@ class ContainerManager:
         """Forget *c*: indexes cleared and snapshot withdrawn now, the record
         deleted once its pending writes are done (await it)."""
         self._verbose.pop(c.id, None)
-        if self.containers.get(c.id) is c:
-            del self.containers[c.id]
-        if self._by_key.get(c.key) == c.id:
-            del self._by_key[c.key]
-        return self._committer.delete(c.id)
+        return self.records.forget(c)
 
     def _lock(self, container_id: str) -> DeferredLock:
-        return self._locks.setdefault(container_id, DeferredLock())
+        return self.records.lock(container_id)
 
     # -- start-up --------------------------------------------------------------
 
@@ -190,8 +181,7 @@ class ContainerManager:
             make_dir(conmon.socket_dir, PRIVATE_DIR)
         for c in self._store.load():
             self._narrow_modes(c)
-            self.containers[c.id] = c
-            self._by_key[c.key] = c.id
+            self.records.add(c)
             if c.state == CREATED:
                 # Rule 5 of rktlet.pod.recovery, once the reactor runs; locked
                 # until then, so that no StartContainer comes first.
@@ -322,21 +312,12 @@ class ContainerManager:
     # -- lookups -----------------------------------------------------------------
 
     def find(self, id_or_prefix: str) -> Container | None:
-        """The container with this id or unique prefix, if any."""
-        if id_or_prefix in self.containers:
-            found: str | None = id_or_prefix
-        else:
-            found = ids.resolve(id_or_prefix, self.containers, "container")
-        if found is None or found in self._nri_hidden:  # NRI: not made yet
-            return None
-        return self.containers[found]
+        """The live container with this id or unique prefix, if any (reactor)."""
+        return self.records.find(id_or_prefix)
 
     def get(self, id_or_prefix: str) -> Container:
         """Like :meth:`find`; a missing container is :class:`NotFound`."""
-        c = self.find(id_or_prefix)
-        if c is None:
-            raise NotFound(f"container {id_or_prefix!r} not found")
-        return c
+        return self.records.get(id_or_prefix)
 
     def list(self, id_prefix: str = "", sandbox_prefix: str = "", state: str | None = None,
              labels: dict[str, str] | None = None) -> list[Container]:
@@ -390,16 +371,15 @@ class ContainerManager:
                 raise InvalidArgument(f"config.log_path {log_path!r}: pod sandbox {sb.id} has no log directory")
             full_log_path = os.path.join(sb.log_directory, log_path)
         key = f"{sb.id}/{config.name}/{attempt}"
-        existing_id = self._by_key.get(key)
-        if existing_id is not None:
-            existing = self.containers[existing_id]
+        existing = self.records.by_key(key)
+        if existing is not None:
             if existing.fingerprint == fingerprint:
                 # A retry: the first create's result, once it is done (it
                 # holds the container's lock while it works).
-                first = self._lock(existing_id)
+                first = self._lock(existing.id)
                 await first.acquire()
                 first.release()
-                if self.containers.get(existing_id) is existing:
+                if self.containers.get(existing.id) is existing:
                     return existing
                 return await self.create(sandbox_id, config, image, attempt, fingerprint, labels, annotations,
                                          log_path, stop_signal, user_specified_image)  # the first one failed
@@ -432,10 +412,9 @@ class ContainerManager:
         # RemovePodSandbox through it, wait for it instead of racing it.
         lock = self._lock(container_id)
         await lock.acquire()
-        self._by_key[key] = container_id
-        self.containers[container_id] = c
         if self.nri is not None:
             self._nri_hidden.add(container_id)
+        self.records.add(c)
         lowers = [self._images.store.layer_diff_dir(chain) for chain in reversed(record.chain_ids)]
         try:
             spec, notes, user = await self._in_thread(
@@ -459,7 +438,6 @@ class ContainerManager:
                 await self._drop(c)
                 await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
             finally:
-                self._locks.pop(container_id, None)
                 lock.release()
             raise
         lock.release()
@@ -677,7 +655,7 @@ class ContainerManager:
         if c is None:
             return
         await self._stop(c, timeout)
-        await self._committer.settled(c.id)  # its exit persisted and shown before the answer
+        await self.records.settled(c.id)  # its exit persisted and shown before the answer
 
     async def _stop(self, c: Container, timeout: float) -> None:
         monitor = self._monitors.get(c.id)
@@ -738,7 +716,6 @@ class ContainerManager:
             # A crash in between leaves files without a record, which
             # start-up removes (rule 7 of rktlet.pod.recovery).
             await self._drop(c)
-            self._locks.pop(c.id, None)
             self._released.discard(c.id)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
             self._remove_files_soon(c, conmon, releasing, runtime)
@@ -783,7 +760,7 @@ class ContainerManager:
         at once: the kubelet has already given each its grace period)."""
         for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
             await self._stop(c, 0)
-            await self._committer.settled(c.id)
+            await self.records.settled(c.id)
 
     async def remove_pod_containers(self, sb: Sandbox) -> None:
         """RemovePodSandbox: remove the pod's containers."""

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import FrozenInstanceError
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 
 from rktlet.errors import NotFound
 from rktlet.pod import ids
 
-__all__ = ["Committer", "Record", "Snapshots"]
+__all__ = ["Committer", "Record", "Records", "Snapshots"]
 
 
 def _plain_copy(value: Any) -> Any:
@@ -223,3 +223,83 @@ class Committer(Generic[R]):
         else:
             previous.addCallback(run)
         return result
+
+
+class Records(Generic[R]):
+    """All the pod layer keeps of one kind of record, in one place: the
+    live records by id (reactor thread), the name each reserves (its key:
+    ``pod/name/attempt`` for a container), a lock per id for operations
+    that must not interleave, the published snapshots (any thread) and the
+    commits that persist and publish them.
+
+    :param kind: how errors name the records (``"container"``).
+    :param reactor: the thread handoff (commits).
+    :param threadpool: where record writes run.
+    :param store: the durable records (``save``/``delete``, blocking).
+    :param hidden: live records not to be found or shown yet (NRI).
+    """
+
+    def __init__(self, kind: str, reactor: Any, threadpool: Any, store: Any,
+                 hidden: Callable[[R], bool] | None = None) -> None:
+        self.kind = kind
+        #: The live records by id: the reactor's own.
+        self.live: dict[str, R] = {}
+        self._keys: dict[str, str] = {}
+        self._locks: dict[str, DeferredLock] = {}
+        self._hidden = hidden or (lambda record: False)
+        self.snapshots: Snapshots[R] = Snapshots(kind)
+        self._committer: Committer[R] = Committer(reactor, threadpool, store, self.snapshots, self._visible)
+
+    def _visible(self, record: R) -> bool:
+        return self.live.get(record.id) is record and not self._hidden(record)  # type: ignore[attr-defined]
+
+    def add(self, record: R) -> None:
+        """Index a live record (not published: its commit publishes it)."""
+        self.live[record.id] = record  # type: ignore[attr-defined]
+        self._keys[record.key] = record.id  # type: ignore[attr-defined]
+
+    def by_key(self, key: str) -> R | None:
+        """The live record that reserves *key*, if any."""
+        record_id = self._keys.get(key)
+        return self.live.get(record_id) if record_id is not None else None
+
+    def find(self, id_or_prefix: str) -> R | None:
+        """The live record with this id or unique id prefix (hidden ones
+        are not found).
+
+        :raises InvalidArgument: the prefix is ambiguous.
+        """
+        record = self.live.get(id_or_prefix)
+        if record is None:
+            found = ids.resolve(id_or_prefix, self.live, self.kind)
+            record = self.live[found] if found is not None else None
+        return None if record is None or self._hidden(record) else record
+
+    def get(self, id_or_prefix: str) -> R:
+        """Like :meth:`find`; a missing record is :class:`NotFound`."""
+        record = self.find(id_or_prefix)
+        if record is None:
+            raise NotFound(f"{self.kind} {id_or_prefix!r} not found")
+        return record
+
+    def lock(self, record_id: str) -> DeferredLock:
+        """The record's operation lock (made on first use)."""
+        return self._locks.setdefault(record_id, DeferredLock())
+
+    def commit(self, record: R) -> Deferred:
+        """Persist *record* as it is now, then publish it (see :class:`Committer`)."""
+        return self._committer.commit(record)
+
+    def settled(self, record_id: str) -> Deferred:
+        """Fires once the record's commits so far are persisted."""
+        return self._committer.settled(record_id)
+
+    def forget(self, record: R) -> Deferred:
+        """Unindex *record* (its key and lock go too) and withdraw its
+        snapshot now; fires once its record is deleted from the store."""
+        if self.live.get(record.id) is record:  # type: ignore[attr-defined]
+            del self.live[record.id]  # type: ignore[attr-defined]
+        if self._keys.get(record.key) == record.id:  # type: ignore[attr-defined]
+            del self._keys[record.key]  # type: ignore[attr-defined]
+        self._locks.pop(record.id, None)  # type: ignore[attr-defined]
+        return self._committer.delete(record.id)  # type: ignore[attr-defined]

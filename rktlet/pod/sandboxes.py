@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from rktlet import debugpoints, logs
 from rktlet.config import Config
 from rktlet.deferutil import Shared
-from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError
+from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, RktletError
 from rktlet.fsutil import PRIVATE_DIR, make_dir, set_mode, write_atomic
 from rktlet.network import dns
 from rktlet.network.cni import Attachment, PortMapping
@@ -32,7 +32,7 @@ from rktlet.oci.handlers import Handlers
 from rktlet.oci.infra import InfraProcess
 from rktlet.pod import ids
 from rktlet.pod.drivers import Host, Network
-from rktlet.pod.records import Committer, Snapshots
+from rktlet.pod.records import Records
 from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import SandboxSpec
 from rktlet.pod.store import PodStore
@@ -90,15 +90,12 @@ class SandboxManager:
         self._cni = network
         self.handlers = handlers
         self._host = host
-        # The live records (reactor thread only) and their published
-        # snapshots (any thread: see rktlet.pod.records).
-        self.sandboxes: dict[str, Sandbox] = {}
-        self.snapshots: Snapshots[Sandbox] = Snapshots("pod sandbox")
-        self._committer = Committer(reactor, threadpool, store, self.snapshots,
-                                    lambda sb: self.sandboxes.get(sb.id) is sb)
-        self._by_key: dict[str, str] = {}
+        # The live records (reactor thread only), their keys and locks,
+        # their published snapshots (any thread): rktlet.pod.records.
+        self.records: Records[Sandbox] = Records("pod sandbox", reactor, threadpool, store)
+        self.sandboxes = self.records.live
+        self.snapshots = self.records.snapshots
         self._creating: dict[str, Shared] = {}
-        self._locks: dict[str, DeferredLock] = {}
         self._pods_dir = os.path.join(config.run_dir, "pods")
         # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
         self.nri: Any = None
@@ -190,45 +187,35 @@ class SandboxManager:
                 await self._teardown(sb, remove=True)
             except Exception as e:
                 log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
-            await self._committer.delete(sb.id)
+            await self.records.forget(sb)  # never indexed: its record only
 
     def _commit(self, sb: Sandbox) -> Deferred:
         """Persist *sb* as it is now (in a thread), then publish its
         snapshot (see :class:`~rktlet.pod.records.Committer`); await it."""
-        return self._committer.commit(sb)
+        return self.records.commit(sb)
 
     def _add(self, sb: Sandbox) -> None:
-        self.sandboxes[sb.id] = sb
+        """Index *sb* and show it (by id: lists leave CREATING pods out)."""
+        self.records.add(sb)
         self.snapshots.publish(sb)
-        self._by_key[sb.key] = sb.id
 
     def _forget(self, sb: Sandbox) -> Deferred:
         """Forget *sb*: indexes cleared and snapshot withdrawn now, the
         record deleted once its pending writes are done (await it)."""
-        self.sandboxes.pop(sb.id, None)
-        if self._by_key.get(sb.key) == sb.id:
-            del self._by_key[sb.key]
-        self._locks.pop(sb.id, None)
-        return self._committer.delete(sb.id)
+        return self.records.forget(sb)
 
     def _lock(self, sandbox_id: str) -> DeferredLock:
-        return self._locks.setdefault(sandbox_id, DeferredLock())
+        return self.records.lock(sandbox_id)
 
     # -- lookups ----------------------------------------------------------------
 
     def find(self, id_or_prefix: str) -> Sandbox | None:
-        """The sandbox with this id or unique id prefix, if any."""
-        if id_or_prefix in self.sandboxes:
-            return self.sandboxes[id_or_prefix]
-        found = ids.resolve(id_or_prefix, self.sandboxes)
-        return self.sandboxes[found] if found else None
+        """The live sandbox with this id or unique id prefix, if any (reactor)."""
+        return self.records.find(id_or_prefix)
 
     def get(self, id_or_prefix: str) -> Sandbox:
         """Like :meth:`find`, but a missing sandbox is :class:`NotFound`."""
-        sb = self.find(id_or_prefix)
-        if sb is None:
-            raise NotFound(f"pod sandbox {id_or_prefix!r} not found")
-        return sb
+        return self.records.get(id_or_prefix)
 
     def list(self, id_prefix: str = "", state: str | None = None, labels: dict[str, str] | None = None) -> list[Sandbox]:
         """Snapshots of the sandboxes matching every filter given (pods
@@ -259,9 +246,8 @@ class SandboxManager:
 
     async def run(self, spec: SandboxSpec) -> Sandbox:
         """Create a sandbox, or return the one a retried request already made."""
-        existing_id = self._by_key.get(spec.key)
-        if existing_id is not None:
-            existing = self.sandboxes[existing_id]
+        existing = self.records.by_key(spec.key)
+        if existing is not None:
             if existing.fingerprint != spec.fingerprint:
                 raise AlreadyExists(
                     f"pod sandbox name {spec.key} is reserved by sandbox {existing.id} with a different config"

@@ -135,6 +135,15 @@ class Crashing:
     def close(self) -> None:
         remove_all_pods(self.d)
         self.d.cleanup()
+        # Should recovery have failed, monitors of this daemon may be left:
+        # kill them (with their process group: a runc init) by PID.
+        for pid in processes_mentioning(self.d.base + "/"):
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
         self.network.cleanup()
         reap_orphans(MONITOR_NAMES)
 
