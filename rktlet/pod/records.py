@@ -137,9 +137,9 @@ class Snapshots(Generic[R]):
 
 
 class Committer(Generic[R]):
-    """Commits of one kind of record: each is persisted in a thread (the
-    write and its fsyncs never hold the reactor), then its snapshot is
-    published — persisted before anyone sees it. The commits and deletions
+    """Commits of one kind of record: each is persisted — in a thread, or
+    on the calling (reactor) thread when no thread pool is given — then its
+    snapshot is published: persisted before anyone sees it. The commits and deletions
     of one record run one after another, in the order asked (so an older
     state never lands over a newer one, nor a write over a deletion);
     those of different records run side by side.
@@ -147,7 +147,7 @@ class Committer(Generic[R]):
     Used on the reactor thread.
 
     :param reactor: the thread handoff.
-    :param threadpool: where the writes run.
+    :param threadpool: where the writes run; None: at once, on the reactor.
     :param store: ``save(record)`` and ``delete(record_id)``, both blocking.
     :param snapshots: where snapshots are published.
     :param visible: whether a record committed now is to be shown (e.g.
@@ -175,7 +175,7 @@ class Committer(Generic[R]):
                 self._snapshots.put(snap)
 
         def work() -> Deferred:
-            d = deferToThreadPool(self._reactor, self._threadpool, self._store.save, snap)
+            d = self._blocking(self._store.save, snap)
             d.addCallback(publish)
             return d
 
@@ -187,7 +187,7 @@ class Committer(Generic[R]):
         self._snapshots.withdraw(record_id)
 
         def work() -> Deferred:
-            d = deferToThreadPool(self._reactor, self._threadpool, self._store.delete, record_id)
+            d = self._blocking(self._store.delete, record_id)
             d.addCallback(lambda _: self._snapshots.withdraw(record_id))  # None: a commit may have published meanwhile
             return d
 
@@ -202,6 +202,11 @@ class Committer(Generic[R]):
         else:
             tail.addCallback(lambda _: done.callback(None))
         return done
+
+    def _blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred:
+        if self._threadpool is None:
+            return maybeDeferred(fn, *args)
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
 
     def _enqueue(self, record_id: str, work: Callable[[], Deferred]) -> Deferred:
         result: Deferred = Deferred()
@@ -234,7 +239,7 @@ class Records(Generic[R]):
 
     :param kind: how errors name the records (``"container"``).
     :param reactor: the thread handoff (commits).
-    :param threadpool: where record writes run.
+    :param threadpool: where record writes run; None: on the reactor.
     :param store: the durable records (``save``/``delete``, blocking).
     :param hidden: live records not to be found or shown yet (NRI).
     """

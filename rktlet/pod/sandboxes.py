@@ -92,7 +92,8 @@ class SandboxManager:
         self._host = host
         # The live records (reactor thread only), their keys and locks,
         # their published snapshots (any thread): rktlet.pod.records.
-        self.records: Records[Sandbox] = Records("pod sandbox", reactor, threadpool, store)
+        # Written on the reactor, as containers' records (see there why).
+        self.records: Records[Sandbox] = Records("pod sandbox", reactor, None, store)
         self.sandboxes = self.records.live
         self.snapshots = self.records.snapshots
         self._creating: dict[str, Shared] = {}

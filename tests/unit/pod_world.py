@@ -68,10 +68,6 @@ class InlineThreads:
         while self.held:
             self._run(*self.held.pop(0))
 
-    def run_next(self) -> None:
-        """Run the oldest work kept (and keep holding the rest)."""
-        self._run(*self.held.pop(0))
-
     def callInThreadWithCallback(self, onResult: Any, fn: Any, *args: Any, **kwargs: Any) -> None:
         if self._holding:
             self.held.append((onResult, fn, args, kwargs))
