@@ -88,7 +88,12 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
             # feature is missing rather than the request wrong.
             raise Unimplemented(f"config.mounts[{i}].image: image volumes are not supported yet")
         propagation = known(_PROPAGATION, m.propagation, f"config.mounts[{i}].propagation", pb.MountPropagation)
-        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation))
+        if m.recursive_read_only and not m.readonly:
+            raise InvalidArgument(f"config.mounts[{i}].recursive_read_only needs readonly: true")
+        if m.recursive_read_only and propagation != "private":
+            raise InvalidArgument(f"config.mounts[{i}].recursive_read_only needs PROPAGATION_PRIVATE, "
+                                  f"not {pb.MountPropagation.Name(m.propagation)}")
+        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation, m.recursive_read_only))
     devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
     sc = c.linux.security_context
     security = Security(
@@ -214,7 +219,8 @@ def container_status(c: Container) -> pb.ContainerStatus:
         image=_image_spec(c), image_ref=_image_ref(c), image_id=c.image_ref,
         reason=c.reason, message=c.message, labels=c.labels, annotations=c.annotations, log_path=c.log_path,
         mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
-                         propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE)) for m in c.mounts],
+                         propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE),
+                         recursive_read_only=bool(m.get("recursive_read_only"))) for m in c.mounts],
     )
     r = c.resources
     linux = status.resources.linux

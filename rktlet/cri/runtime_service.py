@@ -55,8 +55,13 @@ class RuntimeService(StreamingRPCs, Servicer):
                 ]
             )
         )
+        if not self._engine.runtime_features_known:
+            self._on_reactor(context, self._engine.runtime_features)  # only in the daemon's first moments
         for name in self._engine.handler_names():  # fixed at start-up
-            response.runtime_handlers.add(name=name)
+            features = self._engine.handler_features(name)
+            handler = response.runtime_handlers.add(name=name)
+            if features is not None:
+                handler.features.recursive_read_only_mounts = features.recursive_read_only_mounts
         if request.verbose:
             info = self._on_reactor(context, self._engine.status_info)
             for key, value in info.items():

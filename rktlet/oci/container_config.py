@@ -46,12 +46,16 @@ class Mount:
     """A bind mount of *host_path* at *container_path*.
 
     :ivar propagation: ``"private"``, ``"rslave"`` or ``"rshared"``.
+    :ivar recursive_read_only: read-only all the way down: mounts under
+        *host_path* too (runc's ``rro``; needs *readonly* and private
+        propagation).
     """
 
     container_path: str
     host_path: str
     readonly: bool = False
     propagation: str = "private"
+    recursive_read_only: bool = False
 
 
 @dataclass(frozen=True)

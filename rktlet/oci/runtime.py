@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
@@ -117,6 +118,26 @@ def is_not_running(message: str) -> bool:
     return any(s in lowered for s in ("not running", "process already finished", "no such process"))
 
 
+@dataclass(frozen=True)
+class RuntimeFeatures:
+    """What a runtime says it supports (``runc features``), as far as the
+    CRI asks.
+
+    :ivar recursive_read_only_mounts: it knows the ``rro`` mount option.
+    :ivar mount_options: every mount option it knows.
+    """
+
+    recursive_read_only_mounts: bool = False
+    mount_options: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_json(cls, doc: Any) -> "RuntimeFeatures":
+        """From ``runc features``'s JSON (anything else: nothing supported)."""
+        options = doc.get("mountOptions") if isinstance(doc, dict) else None
+        known = frozenset(o for o in options if isinstance(o, str)) if isinstance(options, list) else frozenset()
+        return cls(recursive_read_only_mounts="rro" in known, mount_options=known)
+
+
 class OCIRuntime:
     """Drives one OCI runtime binary with one state directory.
 
@@ -140,6 +161,8 @@ class OCIRuntime:
         self.binary = binary if os.sep in binary else (shutil.which(binary) or binary)
         self.state_root = state_root
         self.timeout = timeout
+        #: What it supports, once :meth:`probe_features` asked (nothing before).
+        self.features = RuntimeFeatures()
 
     @property
     def threadpool(self) -> ThreadPool:
@@ -226,6 +249,19 @@ class OCIRuntime:
         if not isinstance(state, dict):
             raise self._failure(("state", container_id), f"unexpected output: {out[:200]!r}")
         return state
+
+    async def probe_features(self) -> RuntimeFeatures:
+        """Ask the runtime what it supports (``runc features``, once; runc
+        before 1.1 has no such command: then nothing is supported) and keep
+        the answer in :attr:`features`."""
+        try:
+            code, out, _ = await self.run("features")
+            doc = json.loads(out) if code == 0 else None
+        except (RuntimeFailure, ValueError) as e:
+            log.warn("{binary} features: {error}; assuming no optional features", binary=self.binary, error=e)
+            doc = None
+        self.features = RuntimeFeatures.from_json(doc)
+        return self.features
 
     async def list_ids(self) -> list[str]:
         """The ids of every container in this runtime's state root

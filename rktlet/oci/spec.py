@@ -392,6 +392,10 @@ def _mounts(config: ContainerConfig, pod: PodContext, host: HostInfo,
             )
         _check_propagation(mount.host_path, mount.propagation, host, notes)
         options = ["rbind", _PROPAGATION_OPTION[mount.propagation], "ro" if mount.readonly else "rw"]
+        if mount.recursive_read_only:
+            if not mount.readonly or mount.propagation != "private":
+                raise InvalidArgument(f"mounts[{index}].recursive_read_only needs readonly and private propagation")
+            options.append("rro")  # runc makes every mount below read-only too (mount_setattr)
         user_mounts.append((destination, mount.propagation,
                             {"destination": destination, "type": "bind", "source": mount.host_path, "options": options}))
     taken = {destination for destination, _, _ in user_mounts}

@@ -389,6 +389,10 @@ class ContainerManager:
                                          log_path, stop_signal, user_specified_image)  # the first one failed
             raise AlreadyExists(f"container name {config.name!r} (attempt {attempt}) in pod {sb.id} is reserved by "
                                 f"container {existing.id} with a different config")
+        if any(m.recursive_read_only for m in config.mounts) and \
+                not self._runtimes[sb.handler].features.recursive_read_only_mounts:
+            raise InvalidArgument(f"recursive read-only mounts are not supported by runtime handler {sb.handler!r} "
+                                  f"({self._runtimes[sb.handler].binary}: `runc features` lists no rro)")
         record = self._images.find(image)
         if record is None:
             raise NotFound(f"image {image!r} not found: pull it first")
@@ -407,7 +411,8 @@ class ContainerManager:
             # conmon needs a log; without one from the kubelet it goes beside the writable layer.
             log_path=full_log_path or os.path.join(self._layers, container_id, "container.log"),
             mounts=[{"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
-                     "propagation": m.propagation} for m in config.mounts],
+                     "propagation": m.propagation, "recursive_read_only": m.recursive_read_only}
+                    for m in config.mounts],
             bundle=os.path.join(self._bundles, container_id), layer_dir=os.path.join(self._layers, container_id),
             chain_ids=list(record.chain_ids), tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
             stop_signal=stop_signal or image_config.stop_signal or "SIGTERM",
@@ -865,6 +870,16 @@ class ContainerManager:
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running (state {c.state})")
         return c
+
+    async def probe_runtimes(self) -> None:
+        """Ask every runtime what it supports (at start-up)."""
+        for runtime in {id(r): r for r in self._runtimes.values()}.values():
+            await runtime.probe_features()
+
+    def handler_features(self, handler: str) -> Any:
+        """What the runtime of *handler* supports (once probed)."""
+        runtime = self._runtimes.get(handler)
+        return runtime.features if runtime is not None else None
 
     def _handler_of(self, c: Container) -> str:
         sb = self._sandboxes.find(c.sandbox_id)

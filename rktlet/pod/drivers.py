@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 
 from rktlet.image.manifest import ImageConfig
 from rktlet.image.store import ImageRecord
+from rktlet.oci.runtime import RuntimeFeatures
 from rktlet.network.cni import Attachment, NetworkResult
 from rktlet.oci.conmon import MonitorPaths
 from rktlet.oci.infra import InfraProcess
@@ -58,6 +59,13 @@ class Runtime(Protocol):
     @property
     def global_args(self) -> list[str]:
         """Flags placed before every subcommand (``--root=…``)."""
+
+    @property
+    def features(self) -> RuntimeFeatures:
+        """What it supports, once :meth:`probe_features` asked; nothing before."""
+
+    async def probe_features(self) -> RuntimeFeatures:
+        """Ask the runtime what it supports; kept in :attr:`features`."""
 
     async def start(self, container_id: str) -> None:
         """Let a created container's process run.

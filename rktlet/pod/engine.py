@@ -22,6 +22,8 @@ from rktlet.config import Config
 from rktlet.errors import InvalidArgument
 from rktlet.fsutil import PRIVATE_DIR, make_dir, read_json, write_json_atomic
 from rktlet.network.cni_config import Readiness, check_readiness
+from rktlet.deferutil import Shared
+from rktlet.oci.handlers import DEFAULT_HANDLER
 from rktlet.pod import versions
 
 log = logs.logger("rktlet.pod.engine")
@@ -89,6 +91,9 @@ class Engine:
         if images is not None and containers is not None:
             images.keep_layers_used_by(containers.layers_in_use)
         self.pod_cidrs: tuple[str, ...] = ()
+        #: Whether the runtimes said what they support (``runc features``).
+        self.runtime_features_known = False
+        self._features_probe: Shared | None = None
         self.versions: dict[str, Any] = {}
 
     def load(self) -> None:
@@ -115,11 +120,15 @@ class Engine:
                 self._reactor.callWhenRunning(
                     lambda: Deferred.fromCoroutine(self.sandboxes.clean_up_half_made(half_made))
                 )
-        if self.containers is not None:
+        if self.containers is None:
+            self.runtime_features_known = True  # no runtimes to ask
+        else:
             self.containers.load()
             # What needs the runtime's word (rktlet.pod.recovery), before
             # the containers concerned take any request.
             self._reactor.callWhenRunning(self._reconcile_containers)
+            # What each runtime supports: Status reports it per handler.
+            self._reactor.callWhenRunning(self._probe_runtimes)
         if self.sandboxes is not None:
             # At start-up, then periodically: CNI DELs that failed before.
             self._reactor.callWhenRunning(self.sandboxes.retry_cni_deletes_every, self.config.cni_del_retry_interval)
@@ -128,6 +137,28 @@ class Engine:
             leftovers = self.images.load()
             if any(leftovers):
                 self._reactor.callWhenRunning(self.images.delete_leftovers, leftovers)
+
+    def _probe_runtimes(self) -> None:
+        d = Deferred.fromCoroutine(self.containers.probe_runtimes())
+        d.addErrback(lambda f: log.failure("asking the runtimes what they support failed", failure=f))
+
+        def known(_: Any) -> None:
+            self.runtime_features_known = True
+
+        d.addBoth(known)
+        self._features_probe = Shared(d, cancel_when_abandoned=False)
+
+    async def runtime_features(self) -> None:
+        """Fires once the runtimes said what they support (reactor thread)."""
+        if self._features_probe is not None:
+            await self._features_probe.wait()
+
+    def handler_features(self, name: str) -> Any:
+        """What the runtime of handler *name* ('' for the default) supports,
+        as known now (any thread)."""
+        if self.containers is None:
+            return None
+        return self.containers.handler_features(name or DEFAULT_HANDLER)
 
     def _reconcile_containers(self) -> Deferred:
         d = Deferred.fromCoroutine(self.containers.reconcile())

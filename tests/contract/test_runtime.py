@@ -95,3 +95,14 @@ async def test_an_unknown_signal_is_refused(oci):
 async def test_update_of_a_running_container(oci):
     container_id, _, _ = await oci.started()
     await oci.runtime.update(container_id, {"pids": {"limit": 100}})
+
+
+@pytest_twisted.ensureDeferred
+async def test_features_are_known_once_probed(oci):
+    """``runc features`` (runc ≥ 1.1) lists the mount options: this
+    machine's runc and the fake both know ``rro``; nothing is claimed
+    before the probe."""
+    assert oci.runtime.features.recursive_read_only_mounts is False
+    features = await oci.runtime.probe_features()
+    assert features is oci.runtime.features and features.recursive_read_only_mounts
+    assert "ro" in features.mount_options

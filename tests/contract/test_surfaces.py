@@ -26,7 +26,7 @@ IMPLEMENTATIONS = [
 ]
 
 # Instance attributes set in __init__ (not visible on the class).
-INSTANCE_ATTRIBUTES = {"binary", "state_root", "exits_dir", "socket_dir", "comm", "store", "conmon_pid", "container_pid"}
+INSTANCE_ATTRIBUTES = {"binary", "state_root", "features", "exits_dir", "socket_dir", "comm", "store", "conmon_pid", "container_pid"}
 
 
 def members(protocol: type) -> dict[str, object]:

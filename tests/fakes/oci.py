@@ -29,6 +29,7 @@ from twisted.internet.task import Clock
 
 from rktlet.errors import InvalidArgument, RuntimeFailure
 from rktlet.oci.conmon import ExitStatus, Monitor, MonitorPaths, monitor_paths
+from rktlet.oci.runtime import RuntimeFeatures
 
 __all__ = ["FakeContainer", "FakeMonitor", "FakeMonitorDriver", "FakeRuntime", "MonitorFiles"]
 
@@ -87,6 +88,15 @@ class FakeRuntime:
         self.calls: list[tuple[str, ...]] = []
         self._pids = itertools.count(1000)
         self._failures: dict[str, str] = {}
+        #: What :meth:`probe_features` finds (tests may change it first).
+        self.supported = RuntimeFeatures(recursive_read_only_mounts=True, mount_options=frozenset({"rro", "ro"}))
+        self.features = RuntimeFeatures()
+
+    async def probe_features(self) -> RuntimeFeatures:
+        """runc features: what :attr:`supported` says."""
+        self._check("features")
+        self.features = self.supported
+        return self.features
 
     @property
     def global_args(self) -> list[str]:

@@ -143,6 +143,37 @@ def test_bind_mounts(pod, tmp_path):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "absent" in e.value.details()
 
 
+def test_recursive_read_only_mounts(pod, tmp_path):
+    """``recursive_read_only``: mounts below the bind are read-only too
+    (runc's rro); advertised per handler in Status; refused with writable
+    or propagating mounts, naming the field."""
+    import subprocess
+
+    daemon, pod_id, pod_cfg, image, _ = pod
+    handlers = daemon.runtime().Status(pb.StatusRequest(), timeout=10).runtime_handlers
+    assert {h.name: h.features.recursive_read_only_mounts for h in handlers} == {"": True, "runc": True}
+    host = tmp_path / "vol"
+    (host / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "tmpfs")], check=True)
+    try:
+        for name, rro, expected in (("plain", False, b"written\n"), ("rro", True, b"read-only\n")):
+            config = container_config(name, image, command=["sh", "-c", "touch /mnt/tmpfs/f && echo written || echo read-only"])
+            config.mounts.add(container_path="/mnt", host_path=str(host), readonly=True, recursive_read_only=rro)
+            s = run_to_exit(daemon, pod_id, pod_cfg, config)
+            assert log_text(s.log_path) == expected, name
+            assert [m.recursive_read_only for m in s.mounts] == [rro]
+        for fields, words in (({"readonly": False}, "needs readonly"),
+                              ({"readonly": True, "propagation": pb.PROPAGATION_HOST_TO_CONTAINER}, "PROPAGATION_PRIVATE")):
+            bad = container_config("bad", image, command=["true"])
+            bad.mounts.add(container_path="/mnt", host_path=str(host), recursive_read_only=True, **fields)
+            with pytest.raises(grpc.RpcError) as e:
+                create(daemon, pod_id, pod_cfg, bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details()
+            assert "mounts[0].recursive_read_only" in e.value.details()
+    finally:
+        subprocess.run(["umount", "-l", str(host / "tmpfs")], check=False)
+
+
 def test_long_lines_and_binary_output(pod):
     daemon, pod_id, pod_cfg, image, _ = pod
     config = container_config("big", image, command=["sh", "-c", "head -c 1048576 /dev/zero | tr '\\0' x; echo; printf '\\001\\002\\377\\n'"])

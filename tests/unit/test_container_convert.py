@@ -26,3 +26,23 @@ def test_summary_cache_rebuilds_for_each_new_snapshot_and_forgets_removed():
     assert again[1] is first[1]
     cache.summaries([b], complete=True)  # a was removed
     assert "a" not in cache._entries
+
+
+def test_recursive_read_only_mounts_need_readonly_and_private_propagation():
+    import pytest
+
+    from rktlet.cri.container_convert import container_config
+    from rktlet.errors import InvalidArgument
+
+    def request(**mount):
+        r = pb.CreateContainerRequest(pod_sandbox_id="p", config=pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image="busybox")))
+        r.config.mounts.add(container_path="/mnt", host_path="/tmp", recursive_read_only=True, **mount)
+        return r
+
+    config, _ = container_config(request(readonly=True))
+    assert config.mounts[0].recursive_read_only and config.mounts[0].readonly
+    with pytest.raises(InvalidArgument, match=r"mounts\[0\].recursive_read_only needs readonly"):
+        container_config(request(readonly=False))
+    with pytest.raises(InvalidArgument, match="PROPAGATION_BIDIRECTIONAL"):
+        container_config(request(readonly=True, propagation=pb.PROPAGATION_BIDIRECTIONAL))

@@ -211,3 +211,23 @@ def test_remove_does_not_wait_for_the_release_of_an_exited_container(world, pod,
     assert c.id not in world.runtime.containers  # deleted (again, after a failed release)
     assert not os.path.exists(c.bundle) and rootfs(c) not in world.host.mounts
     assert world.containers.layers_in_use() == []
+
+
+def test_a_recursive_read_only_mount_needs_a_runtime_that_knows_rro(world, pod):
+    """rro goes into the bind's options when the handler's runtime lists it
+    (``runc features``); otherwise CreateContainer refuses, naming the handler."""
+    import json
+
+    from rktlet.oci.container_config import Mount
+    from rktlet.oci.runtime import RuntimeFeatures
+
+    mount = Mount("/mnt", world.base, readonly=True, recursive_read_only=True)
+    done(world.runtime.probe_features())
+    c = world.create(pod, name="rro", config=ContainerConfig(name="rro", mounts=(mount,)))
+    with open(os.path.join(c.bundle, "config.json")) as f:
+        spec = json.load(f)
+    assert [m["options"] for m in spec["mounts"] if m["destination"] == "/mnt"] == [["rbind", "rprivate", "ro", "rro"]]
+    world.runtime.supported = RuntimeFeatures()
+    done(world.runtime.probe_features())
+    with pytest.raises(InvalidArgument, match="recursive read-only mounts are not supported by runtime handler"):
+        world.create(pod, name="rro2", config=ContainerConfig(name="rro2", mounts=(mount,)))
