@@ -17,6 +17,7 @@ STATE_NAMES = {v: k for k, v in STATES.items()}
 _PROPAGATION = {pb.PROPAGATION_PRIVATE: "private", pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
                 pb.PROPAGATION_BIDIRECTIONAL: "rshared"}
 _PROPAGATION_ENUMS = {v: k for k, v in _PROPAGATION.items()}
+_GROUPS_POLICIES = {pb.SupplementalGroupsPolicy.Merge: "merge", pb.SupplementalGroupsPolicy.Strict: "strict"}
 _PROFILE_KINDS = {pb.SecurityProfile.RuntimeDefault: "runtime_default", pb.SecurityProfile.Unconfined: "unconfined",
                   pb.SecurityProfile.Localhost: "localhost"}
 
@@ -112,6 +113,9 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         run_as_username=sc.run_as_username,
         run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
         supplemental_groups=tuple(sc.supplemental_groups),
+        supplemental_groups_policy=known(_GROUPS_POLICIES, sc.supplemental_groups_policy,
+                                         "config.linux.security_context.supplemental_groups_policy",
+                                         pb.SupplementalGroupsPolicy),
     )
     config = ContainerConfig(
         name=c.metadata.name,
@@ -234,5 +238,9 @@ def container_status(c: Container) -> pb.ContainerStatus:
     if c.user:
         status.user.linux.uid = c.user.get("uid", 0)
         status.user.linux.gid = c.user.get("gid", 0)
-        status.user.linux.supplemental_groups.extend(c.user.get("additional_gids", []))
+        # The primary gid first, as containerd reports them (and as the
+        # kubelet shows them in the pod's status).
+        gid = c.user.get("gid", 0)
+        status.user.linux.supplemental_groups.extend(
+            [gid] + [g for g in c.user.get("additional_gids", []) if g != gid])
     return status

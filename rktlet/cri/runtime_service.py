@@ -55,6 +55,9 @@ class RuntimeService(StreamingRPCs, Servicer):
                 ]
             )
         )
+        # Every handler applies SupplementalGroupsPolicy (rktlet resolves
+        # the groups itself, from the image's /etc/group).
+        response.features.supplemental_groups_policy = True
         if not self._engine.runtime_features_known:
             self._on_reactor(context, self._engine.runtime_features)  # only in the daemon's first moments
         for name in self._engine.handler_names():  # fixed at start-up

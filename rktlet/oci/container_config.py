@@ -125,6 +125,9 @@ class Security:
     run_as_username: str = ""
     run_as_group: int | None = None
     supplemental_groups: tuple[int, ...] = ()
+    #: ``"merge"`` (the image's /etc/group memberships of the user are added
+    #: to *supplemental_groups*) or ``"strict"`` (only those given).
+    supplemental_groups_policy: str = "merge"
 
 
 @dataclass(frozen=True)

@@ -229,8 +229,9 @@ def resolve_user(root: str, image_user: str, security: Security) -> ResolvedUser
     together with ``run_as_user`` or ``run_as_username``.  Without an
     explicit group the gid comes from the user's passwd entry, or 0 for a
     uid passwd does not list (a numeric uid need not exist).  The
-    supplementary gids are the /etc/group entries listing the user's name,
-    then ``supplemental_groups``; duplicates and the primary gid left out.
+    supplementary gids are the /etc/group entries listing the user's name
+    (unless ``supplemental_groups_policy`` is ``"strict"``), then
+    ``supplemental_groups``; duplicates and the primary gid left out.
     The home is the passwd entry's, else ``/``.
 
     :raises InvalidArgument: a user or group *name* that the image's files
@@ -292,7 +293,7 @@ def resolve_user(root: str, image_user: str, security: Security) -> ResolvedUser
 
     username = entry.name if entry is not None else ""
     additional: list[int] = []
-    if username:
+    if username and security.supplemental_groups_policy != "strict":
         additional += [g.gid for g in groups if username in g.members]
     for extra in security.supplemental_groups:
         additional.append(_check_id(extra, "supplemental_groups"))

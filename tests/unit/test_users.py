@@ -184,6 +184,14 @@ def test_run_as_username(root):
         resolve_user(root, "", Security(run_as_username="ghost"))
 
 
+def test_supplemental_groups_policy_merge_or_strict(root):
+    # Merge (the default): the image's /etc/group memberships, then the given groups.
+    assert resolve_user(root, "app", Security(supplemental_groups=(77,))).additional_gids == (10, 50, 77)
+    # Strict: only the given groups.
+    strict = Security(supplemental_groups=(77,), supplemental_groups_policy="strict")
+    assert resolve_user(root, "app", strict).additional_gids == (77,)
+
+
 def test_supplemental_groups_only(root):
     assert resolve_user(root, "4321", Security(supplemental_groups=(1, 2, 1, 0))).additional_gids == (1, 2)
 
