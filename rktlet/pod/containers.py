@@ -112,12 +112,7 @@ class ContainerManager:
         # their published snapshots (any thread): rktlet.pod.records.
         # Containers whose NRI CreateContainer is in progress are hidden.
         self._nri_hidden: set[str] = set()
-        # Records are written on the reactor (threadpool None): a write and
-        # its fsyncs take about 1 ms, and bench/critest_benchmark.py showed
-        # the hop to a thread and back costing more than that (parallel
-        # CreateContainer 0.93x → 1.16x, ContainerStatus 4.8 → 8.4 ms).
-        self.records: Records[Container] = Records("container", reactor, None, store,
-                                                   hidden=lambda c: c.id in self._nri_hidden)
+        self.records: Records[Container] = Records("container", store, hidden=lambda c: c.id in self._nri_hidden)
         self.containers = self.records.live
         self.snapshots = self.records.snapshots
         # ContainerStatus verbose, per snapshot: id → (snapshot, JSON).
@@ -145,24 +140,15 @@ class ContainerManager:
         """Now, in ns since the epoch, by the reactor's clock (a test's Clock drives it)."""
         return int(self._reactor.seconds() * 1e9)
 
-    def _commit(self, c: Container) -> Deferred:
-        """Persist *c* as it is now (in a thread), then publish its snapshot
-        (see :class:`~rktlet.pod.records.Committer`); await it before
-        answering the RPC that changed it."""
-        return self.records.commit(c)
+    def _commit(self, c: Container) -> None:
+        """Persist *c* as it is now, then publish its snapshot (before the
+        RPC that changed it answers)."""
+        self.records.commit(c)
 
-    def _commit_soon(self, c: Container) -> None:
-        """:meth:`_commit` for a change no RPC waits on (an exit); a failed
-        write is logged (the next commit of *c* writes it all again)."""
-        d = self._commit(c)
-        d.addErrback(lambda f: log.error("persisting container {id} failed: {error}", id=c.id,
-                                         error=f.getErrorMessage()))
-
-    def _drop(self, c: Container) -> Deferred:
-        """Forget *c*: indexes cleared and snapshot withdrawn now, the record
-        deleted once its pending writes are done (await it)."""
+    def _drop(self, c: Container) -> None:
+        """Forget *c*: indexes, snapshot, cached status and record."""
         self._verbose.pop(c.id, None)
-        return self.records.forget(c)
+        self.records.forget(c)
 
     def _lock(self, container_id: str) -> DeferredLock:
         return self.records.lock(container_id)
@@ -272,7 +258,7 @@ class ContainerManager:
         if outcome == recovery.ADOPT:
             c.conmon_pid, c.container_pid = conmon_pid, int(state.get("pid") or 0)
             c.state = RUNNING
-            await self._commit(c)
+            self._commit(c)
             self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
             log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
                      "{pid} re-adopted", id=c.id, pid=conmon_pid)
@@ -436,7 +422,7 @@ class ContainerManager:
             c.resources = spec.get("linux", {}).get("resources", {})
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_BUNDLE_MADE, self._reactor)
             self._check_pod_accepts_containers(sb)  # not removed while the bundle was made
-            await self._commit(c)
+            self._commit(c)
             await debugpoints.reached(debugpoints.CONTAINER_CREATE_SAVED, self._reactor)
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
@@ -444,7 +430,7 @@ class ContainerManager:
         except BaseException:
             self._nri_hidden.discard(container_id)
             try:
-                await self._drop(c)
+                self._drop(c)
                 await self._in_thread(self._remove_files, c.bundle, c.layer_dir)
             finally:
                 lock.release()
@@ -573,14 +559,14 @@ class ContainerManager:
                     log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = self._now_ns()
-                await self._commit(c)
+                self._commit(c)
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
                     # container's config is at fault, not the runtime.
                     raise FailedPrecondition(f"container {c.id} cannot start: {e}") from None
                 raise
             c.state, c.started_at = RUNNING, started_at
-            await self._commit(c)
+            self._commit(c)
             self._watch(c, monitor)
             log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
             self._publish(event_kinds.STARTED, c)
@@ -649,7 +635,10 @@ class ContainerManager:
         c.state, c.exit_code, c.finished_at = EXITED, exit_code, max(finished_at, c.started_at)
         c.reason = "OOMKilled" if oom else ("Completed" if exit_code == 0 else "Error")
         c.message = message
-        self._commit_soon(c)
+        try:
+            self._commit(c)
+        except OSError as e:  # learnt from a monitor: nobody to answer; the next commit writes it all
+            log.error("persisting the exit of container {id} failed: {error}", id=c.id, error=e)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
         self._publish(event_kinds.STOPPED, c)
         if self.nri is not None and (sb := self._sandboxes.find(c.sandbox_id)) is not None:
@@ -664,7 +653,6 @@ class ContainerManager:
         if c is None:
             return
         await self._stop(c, timeout)
-        await self.records.settled(c.id)  # its exit persisted and shown before the answer
 
     async def _stop(self, c: Container, timeout: float) -> None:
         monitor = self._monitors.get(c.id)
@@ -724,7 +712,7 @@ class ContainerManager:
             # The record goes first; the files follow off the request path.
             # A crash in between leaves files without a record, which
             # start-up removes (rule 7 of rktlet.pod.recovery).
-            await self._drop(c)
+            self._drop(c)
             self._released.discard(c.id)
             await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
             self._remove_files_soon(c, conmon, releasing, runtime)
@@ -769,7 +757,6 @@ class ContainerManager:
         at once: the kubelet has already given each its grace period)."""
         for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
             await self._stop(c, 0)
-            await self.records.settled(c.id)
 
     async def remove_pod_containers(self, sb: Sandbox) -> None:
         """RemovePodSandbox: remove the pod's containers."""
@@ -786,7 +773,7 @@ class ContainerManager:
             log.info("container {id}: {note}", id=c.id, note=note)
         if c.state != RUNNING:
             c.resources.update(resources)
-            await self._commit(c)
+            self._commit(c)
             return
         sb = self._sandboxes.get(c.sandbox_id)
         try:
@@ -799,7 +786,7 @@ class ContainerManager:
                 raise InvalidArgument(f"linux: {e}") from None
             raise
         c.resources.update(resources)
-        await self._commit(c)
+        self._commit(c)
 
     def linux_resources(self, wanted: Resources) -> dict[str, Any]:
         """OCI ``linux.resources`` for CRI resources, as this host allows them."""

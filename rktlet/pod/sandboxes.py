@@ -92,8 +92,7 @@ class SandboxManager:
         self._host = host
         # The live records (reactor thread only), their keys and locks,
         # their published snapshots (any thread): rktlet.pod.records.
-        # Written on the reactor, as containers' records (see there why).
-        self.records: Records[Sandbox] = Records("pod sandbox", reactor, None, store)
+        self.records: Records[Sandbox] = Records("pod sandbox", store)
         self.sandboxes = self.records.live
         self.snapshots = self.records.snapshots
         self._creating: dict[str, Shared] = {}
@@ -188,22 +187,12 @@ class SandboxManager:
                 await self._teardown(sb, remove=True)
             except Exception as e:
                 log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
-            await self.records.forget(sb)  # never indexed: its record only
-
-    def _commit(self, sb: Sandbox) -> Deferred:
-        """Persist *sb* as it is now (in a thread), then publish its
-        snapshot (see :class:`~rktlet.pod.records.Committer`); await it."""
-        return self.records.commit(sb)
+            self.records.forget(sb)  # never indexed: its record only
 
     def _add(self, sb: Sandbox) -> None:
         """Index *sb* and show it (by id: lists leave CREATING pods out)."""
         self.records.add(sb)
         self.snapshots.publish(sb)
-
-    def _forget(self, sb: Sandbox) -> Deferred:
-        """Forget *sb*: indexes cleared and snapshot withdrawn now, the
-        record deleted once its pending writes are done (await it)."""
-        return self.records.forget(sb)
 
     def _lock(self, sandbox_id: str) -> DeferredLock:
         return self.records.lock(sandbox_id)
@@ -309,7 +298,7 @@ class SandboxManager:
     async def _create(self, sb: Sandbox, spec: SandboxSpec) -> Sandbox:
         started = time.monotonic()
         try:
-            await self._commit(sb)  # CREATING: a crash from here on is undone at start-up
+            self.records.commit(sb)  # CREATING: a crash from here on is undone at start-up
             await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
             created = await self._in_thread(self._host.ensure_cgroup, sb.cgroup_parent)
             # Only the pod's own level is the pod's: ancestors made on the way
@@ -331,14 +320,14 @@ class SandboxManager:
                 # READY (visible) only once they all agreed (an error undoes it).
                 await self.nri.run_pod_sandbox(sb, commit=lambda: setattr(sb, "state", READY))
             sb.state = READY
-            await self._commit(sb)
+            self.records.commit(sb)
         except BaseException as e:
             log.error("RunPodSandbox {key} failed: {error}; undoing", key=sb.key, error=e)
             try:
                 await self._teardown(sb, remove=True)
             except Exception as undo_error:
                 log.error("undo of pod sandbox {id} incomplete: {error}", id=sb.id, error=undo_error)
-            await self._forget(sb)
+            self.records.forget(sb)
             raise
         log.info("pod sandbox {id} ({key}) ready in {ms:.0f}ms, IPs {ips}", id=sb.id, key=sb.key,
                  ms=(time.monotonic() - started) * 1000, ips=",".join(sb.ips) or "host network")
@@ -398,7 +387,7 @@ class SandboxManager:
             await self._teardown(sb, remove=False)
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
-                await self._commit(sb)
+                self.records.commit(sb)
 
         await self._exclusively(id_or_prefix, stop)
 
@@ -424,7 +413,7 @@ class SandboxManager:
             await debugpoints.reached(debugpoints.POD_REMOVE_TORN_DOWN, self._reactor)
             if self.nri is not None:
                 await self.nri.remove_pod_sandbox(sb)  # NRI hook
-            await self._forget(sb)
+            self.records.forget(sb)
             log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)
 
         await self._exclusively(id_or_prefix, remove)
@@ -479,7 +468,7 @@ class SandboxManager:
                 # below it: removing it would kill that pod's processes. That
                 # pod takes the cgroups over and removes them when it goes.
                 heir.created_cgroups = sorted(set(heir.created_cgroups) | set(sb.created_cgroups))
-                await self._commit(heir)
+                self.records.commit(heir)
                 log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
                          id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
             else:
