@@ -4,7 +4,7 @@ answer UNIMPLEMENTED (see ``dispatch.py``)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import grpc
 
@@ -13,8 +13,13 @@ from rktlet.cri.servicer import Servicer, paged
 from rktlet.errors import InvalidArgument
 from rktlet.image.registry import Credentials
 
+if TYPE_CHECKING:
+    from rktlet.cri.bridge import ReactorBridge
+    from rktlet.image.store import ImageRecord
+    from rktlet.pod.engine import Engine
 
-def image_to_cri(record: Any) -> pb.Image:
+
+def image_to_cri(record: ImageRecord) -> pb.Image:
     """An image record as the CRI ``Image`` message.
 
     The image's user becomes ``uid`` when numeric (``1000`` or ``1000:1000``)
@@ -46,14 +51,14 @@ class ImageService(Servicer):
     # Image messages kept at most (the store's images, normally a few hundred).
     _CACHE_LIMIT = 20_000
 
-    def __init__(self, engine: Any, bridge: Any) -> None:
+    def __init__(self, engine: Engine, bridge: ReactorBridge) -> None:
         super().__init__(engine, bridge)
         # id → (record, its message): records are immutable, so a message
         # is good while the store holds the same record object. Worker
         # threads share it without a lock: entries are only replaced whole.
-        self._messages: dict[str, tuple[Any, pb.Image]] = {}
+        self._messages: dict[str, tuple[ImageRecord, pb.Image]] = {}
 
-    def _message(self, record: Any) -> pb.Image:
+    def _message(self, record: ImageRecord) -> pb.Image:
         entry = self._messages.get(record.id)
         if entry is None or entry[0] is not record:
             if len(self._messages) > self._CACHE_LIMIT:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import grpc
 
@@ -15,6 +15,9 @@ from rktlet.cri.proto import pb
 from rktlet.cri.servicer import Servicer, paged
 from rktlet.cri.streaming_rpcs import StreamingRPCs
 from rktlet.errors import Unimplemented
+
+if TYPE_CHECKING:
+    from rktlet.pod.engine import Engine
 
 _CGROUP_DRIVERS = {"cgroupfs": pb.CGROUPFS, "systemd": pb.SYSTEMD}
 _NO_CHECKPOINTS = (
@@ -32,7 +35,7 @@ _EVENT_TYPES = {
 class RuntimeService(StreamingRPCs, Servicer):
     """``runtime.v1.RuntimeService``."""
 
-    def __init__(self, engine: Any, bridge: ReactorBridge) -> None:
+    def __init__(self, engine: Engine, bridge: ReactorBridge) -> None:
         super().__init__(engine, bridge)
         self._summaries = container_convert.SummaryCache()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import grpc
 
 from rktlet.cri.bridge import ReactorBridge
+
+if TYPE_CHECKING:
+    from rktlet.pod.engine import Engine
 
 # gRPC reports "no deadline" as a very large remaining time; past this many
 # seconds a wait is treated as unbounded.
@@ -20,7 +23,7 @@ class Servicer:
     :param bridge: how worker threads reach the reactor thread.
     """
 
-    def __init__(self, engine: Any, bridge: ReactorBridge) -> None:
+    def __init__(self, engine: Engine, bridge: ReactorBridge) -> None:
         self._engine = engine
         self._bridge = bridge
 

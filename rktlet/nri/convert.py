@@ -7,9 +7,47 @@ have these fields).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Protocol, Sequence
 
 from rktlet.nri.api import nri_pb2
+
+
+class PodRecord(Protocol):
+    """What NRI reads of a pod (the engine's ``Sandbox`` snapshot)."""
+
+    id: str
+    name: str
+    uid: str
+    namespace: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    handler: str
+    infra_pid: int
+    ips: Sequence[str]
+    cgroup_parent: str
+    namespaces: Mapping[str, str]
+
+
+class ContainerRecord(Protocol):
+    """What NRI reads of a container (the engine's ``Container`` snapshot)."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    state: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    container_pid: int
+    created_at: int
+    started_at: int
+    finished_at: int
+    exit_code: int
+    reason: str
+    message: str
+    image: str
+    image_name: str
+    image_ref: str
+    image_digest_ref: str
 
 # rktlet's pinned namespace kinds → OCI namespace types.
 _NAMESPACE_TYPES = {"net": "network", "ipc": "ipc", "uts": "uts", "pid": "pid"}
@@ -21,7 +59,7 @@ _STATES = {
 }
 
 
-def pod_sandbox(sb: Any) -> nri_pb2.PodSandbox:
+def pod_sandbox(sb: PodRecord) -> nri_pb2.PodSandbox:
     """The NRI ``PodSandbox`` of a sandbox record."""
     pod = nri_pb2.PodSandbox(
         id=sb.id, name=sb.name, uid=sb.uid, namespace=sb.namespace,
@@ -34,7 +72,7 @@ def pod_sandbox(sb: Any) -> nri_pb2.PodSandbox:
     return pod
 
 
-def container(c: Any, spec: dict[str, Any] | None = None) -> nri_pb2.Container:
+def container(c: ContainerRecord, spec: dict[str, Any] | None = None) -> nri_pb2.Container:
     """The NRI ``Container`` of a container record; *spec* (its OCI runtime
     spec, where the caller has it in hand) adds args, env and mounts."""
     out = nri_pb2.Container(

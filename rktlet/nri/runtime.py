@@ -37,6 +37,7 @@ from twisted.internet.protocol import Factory
 from rktlet import logs
 from rktlet.errors import FailedPrecondition, RuntimeFailure
 from rktlet.nri import convert
+from rktlet.nri.convert import ContainerRecord, PodRecord
 from rktlet.nri.api import nri_pb2
 from rktlet.nri.ttrpc import (
     INVALID_ARGUMENT,
@@ -104,7 +105,8 @@ class NRI(Service):
     :param runtime_version: sent to plugins in Configure.
     """
 
-    def __init__(self, reactor: Any, socket_path: str, snapshot: Callable[[], tuple[Iterable[Any], Iterable[Any]]],
+    def __init__(self, reactor: Any, socket_path: str,
+                 snapshot: Callable[[], tuple[Iterable[PodRecord], Iterable[ContainerRecord]]],
                  runtime_version: str = "", runtime_name: str = "rktlet",
                  registration_timeout: float = DEFAULT_REGISTRATION_TIMEOUT,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT, sync_timeout: float = DEFAULT_SYNC_TIMEOUT) -> None:
@@ -286,24 +288,24 @@ class NRI(Service):
         finally:
             self._lock.release()
 
-    async def run_pod_sandbox(self, sb: Any, commit: Callable[[], None] | None = None) -> None:
+    async def run_pod_sandbox(self, sb: PodRecord, commit: Callable[[], None] | None = None) -> None:
         """RunPodSandbox, before the sandbox is visible; a plugin error raises."""
         await self._event(E.RUN_POD_SANDBOX, "RunPodSandbox",
                           nri_pb2.RunPodSandboxRequest(pod=convert.pod_sandbox(sb)), nri_pb2.RunPodSandboxResponse,
                           commit)
 
-    async def stop_pod_sandbox(self, sb: Any) -> None:
+    async def stop_pod_sandbox(self, sb: PodRecord) -> None:
         """StopPodSandbox: its containers are stopped, the pod still there."""
         await self._event(E.STOP_POD_SANDBOX, "StopPodSandbox",
                           nri_pb2.StopPodSandboxRequest(pod=convert.pod_sandbox(sb)), nri_pb2.StopPodSandboxResponse)
 
-    async def remove_pod_sandbox(self, sb: Any) -> None:
+    async def remove_pod_sandbox(self, sb: PodRecord) -> None:
         """RemovePodSandbox: the pod is gone."""
         await self._event(E.REMOVE_POD_SANDBOX, "RemovePodSandbox",
                           nri_pb2.RemovePodSandboxRequest(pod=convert.pod_sandbox(sb)),
                           nri_pb2.RemovePodSandboxResponse)
 
-    async def create_container(self, sb: Any, c: Any, spec: dict[str, Any] | None = None,
+    async def create_container(self, sb: PodRecord, c: ContainerRecord, spec: dict[str, Any] | None = None,
                                commit: Callable[[], None] | None = None) -> None:
         """CreateContainer, before the container is visible; a plugin error
         or a requested adjustment, update or eviction (not supported) raises."""
@@ -319,23 +321,23 @@ class NRI(Service):
         await self._event(E.CREATE_CONTAINER, "CreateContainer", request, nri_pb2.CreateContainerResponse, commit,
                           check=refuse_adjustments)
 
-    async def post_create_container(self, sb: Any, c: Any) -> None:
+    async def post_create_container(self, sb: PodRecord, c: ContainerRecord) -> None:
         await self._event(E.POST_CREATE_CONTAINER, "PostCreateContainer",
                           nri_pb2.PostCreateContainerRequest(pod=convert.pod_sandbox(sb), container=convert.container(c)),
                           nri_pb2.PostCreateContainerResponse)
 
-    async def start_container(self, sb: Any, c: Any) -> None:
+    async def start_container(self, sb: PodRecord, c: ContainerRecord) -> None:
         """StartContainer, before the process starts; a plugin error raises."""
         await self._event(E.START_CONTAINER, "StartContainer",
                           nri_pb2.StartContainerRequest(pod=convert.pod_sandbox(sb), container=convert.container(c)),
                           nri_pb2.StartContainerResponse)
 
-    async def post_start_container(self, sb: Any, c: Any) -> None:
+    async def post_start_container(self, sb: PodRecord, c: ContainerRecord) -> None:
         await self._event(E.POST_START_CONTAINER, "PostStartContainer",
                           nri_pb2.PostStartContainerRequest(pod=convert.pod_sandbox(sb), container=convert.container(c)),
                           nri_pb2.PostStartContainerResponse)
 
-    async def stop_container(self, sb: Any, c: Any) -> None:
+    async def stop_container(self, sb: PodRecord, c: ContainerRecord) -> None:
         """StopContainer: the container's process ended (asked or not)."""
         answers = await self._event(E.STOP_CONTAINER, "StopContainer",
                                     nri_pb2.StopContainerRequest(pod=convert.pod_sandbox(sb),
@@ -346,7 +348,7 @@ class NRI(Service):
                 log.warn("NRI: {plugin} answered StopContainer with updates; rktlet does not apply NRI updates, "
                          "ignored", plugin=plugin.label)
 
-    async def remove_container(self, sb: Any, c: Any) -> None:
+    async def remove_container(self, sb: PodRecord, c: ContainerRecord) -> None:
         await self._event(E.REMOVE_CONTAINER, "RemoveContainer",
                           nri_pb2.RemoveContainerRequest(pod=convert.pod_sandbox(sb), container=convert.container(c)),
                           nri_pb2.RemoveContainerResponse)

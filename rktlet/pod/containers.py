@@ -39,6 +39,7 @@ from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
 from rktlet.pod.store import RecordStore
 
 if TYPE_CHECKING:
+    from rktlet.nri.runtime import NRI
     from rktlet.pod.sandboxes import SandboxManager
 
 log = logs.logger("rktlet.pod.containers")
@@ -122,8 +123,8 @@ class ContainerManager:
         self._released: set[str] = set()
         self._daemon_oom = _own_oom_score_adj()
         self._host_info = HostInfo.probe()  # what the spec builder needs to know of this host, read once
-        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
-        self.nri: Any = None
+        # NRI: the plugin runtime, or None (no NRI).
+        self.nri: NRI | None = None
         # Start-up recovery (rktlet.pod.recovery): CREATED records to check
         # against the runtime, ids that have files but no record.
         self._unreconciled: list[Container] = []

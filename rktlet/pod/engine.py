@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -25,6 +25,12 @@ from rktlet.network.cni_config import Readiness, check_readiness
 from rktlet.deferutil import Shared
 from rktlet.oci.handlers import DEFAULT_HANDLER
 from rktlet.pod import versions
+
+if TYPE_CHECKING:  # the engine composes these; they never import it
+    from rktlet.image.manager import ImageManager
+    from rktlet.pod.containers import ContainerManager
+    from rktlet.pod.sandboxes import SandboxManager
+    from rktlet.pod.stats import StatsCollector
 
 log = logs.logger("rktlet.pod.engine")
 
@@ -39,6 +45,14 @@ RUNTIME_STATE_FILE = "runtime.json"
 # Nobody but root may list it, and every directory in it is 0700 (the ids
 # are no secret: mountinfo and conmon's command line show them).
 RUN_DIR_MODE = 0o711
+
+
+class SessionURLs(Protocol):
+    """The streaming server as the engine hands it to the streaming RPCs:
+    a request in, the URL the client must dial out."""
+
+    def new_session(self, request: Any) -> str:
+        """Validate and keep *request*; the URL that serves it."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +86,11 @@ class Engine:
         config: Config,
         reactor: Any,
         threadpool: Any,
-        images: Any = None,
-        sandboxes: Any = None,
-        containers: Any = None,
-        stats: Any = None,
-        streams: Any = None,
+        images: ImageManager | None = None,
+        sandboxes: SandboxManager | None = None,
+        containers: ContainerManager | None = None,
+        stats: StatsCollector | None = None,
+        streams: SessionURLs | None = None,
     ) -> None:
         self.config = config
         self._reactor = reactor

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
@@ -36,6 +36,9 @@ from rktlet.pod.records import Records
 from rktlet.pod.sandbox import CREATING, MODE_NODE, MODE_POD, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import SandboxSpec
 from rktlet.pod.store import PodStore
+
+if TYPE_CHECKING:
+    from rktlet.nri.runtime import NRI
 
 log = logs.logger("rktlet.pod.sandboxes")
 
@@ -97,8 +100,8 @@ class SandboxManager:
         self.snapshots = self.records.snapshots
         self._creating: dict[str, Shared] = {}
         self._pods_dir = os.path.join(config.run_dir, "pods")
-        # NRI: the plugin runtime (rktlet.nri.runtime.NRI), or None (no NRI).
-        self.nri: Any = None
+        # NRI: the plugin runtime, or None (no NRI).
+        self.nri: NRI | None = None
         # Ids of sandboxes being removed: they accept no new container.
         self.removing: set[str] = set()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -22,6 +22,10 @@ from rktlet.oci.cgroup_metrics import CgroupMetrics
 from rktlet.oci.stats import CgroupSample, CpuRates, UsageCache, read_cgroups
 from rktlet.pod.container import RUNNING, Container
 from rktlet.pod.sandbox import READY, Sandbox
+
+if TYPE_CHECKING:
+    from rktlet.pod.containers import ContainerManager
+    from rktlet.pod.sandboxes import SandboxManager
 
 log = logs.logger("rktlet.pod.stats")
 
@@ -95,7 +99,8 @@ class StatsCollector:
     :param sandboxes: the sandbox manager.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any, layout: cgroups.Layout, containers: Any, sandboxes: Any) -> None:
+    def __init__(self, reactor: Any, threadpool: Any, layout: cgroups.Layout, containers: ContainerManager,
+                 sandboxes: SandboxManager) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
         self._layout = layout

@@ -24,7 +24,7 @@ and a frozen session of a removed container must not linger
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
@@ -37,6 +37,10 @@ from rktlet.oci.exec import ExecSession, start_exec
 from rktlet.oci.namespaces import run_in_namespace
 from rktlet.pod.container import Container
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
+
+if TYPE_CHECKING:
+    from rktlet.pod.containers import ContainerManager
+    from rktlet.pod.sandboxes import SandboxManager
 
 __all__ = ["StreamingBackend"]
 
@@ -54,7 +58,8 @@ class StreamingBackend:
     :param sandboxes: the :class:`~rktlet.pod.sandboxes.SandboxManager`.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any, containers: Any, sandboxes: Any) -> None:
+    def __init__(self, reactor: Any, threadpool: Any, containers: ContainerManager,
+                 sandboxes: SandboxManager) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
         self._containers = containers
