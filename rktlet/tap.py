@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from rktlet import config as config_module
@@ -22,7 +23,7 @@ from rktlet.cri.image_service import ImageService
 from rktlet.cri.proto import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from rktlet.cri.runtime_service import RuntimeService
 from rktlet.cri.server import GrpcServerService
-from rktlet.cri.socket_claim import claim_socket
+from rktlet.cri.socket_claim import SocketClaim, claim_socket
 from rktlet.errors import RktletError, StartupError
 from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
@@ -102,8 +103,63 @@ class _Lifecycle(Service):
         return self._engine.close()
 
 
-def build_service(config: Config, reactor: Any = None, euid: int | None = None) -> MultiService:
-    """The daemon's service tree for *config*.
+class Daemon(MultiService):
+    """The daemon: its start-up work, then the services that serve.
+
+    Building the tree only checks and constructs; what changes the host
+    happens here, when twistd starts the service: the process becomes its
+    monitors' subreaper, claims the CRI socket (so a second daemon stops
+    before it touches any state), and loads and reconciles the persisted
+    state; then the children start. The claim is released after every
+    child has stopped.
+    """
+
+    def __init__(self, config: Config, engine: Engine) -> None:
+        super().__init__()
+        self._config = config
+        self._engine = engine
+        self.claim: SocketClaim | None = None
+
+    def startService(self) -> None:
+        try:
+            self._start_up()
+        except RktletError as e:
+            # A refusal is one line on stderr and exit status 1, not a
+            # traceback. twistd has replaced sys.stderr with its log by now.
+            log.error("not starting: {error}", error=str(e))
+            sys.__stderr__.write(f"rktlet: {e}\n")
+            sys.__stderr__.flush()
+            raise SystemExit(1) from None
+        MultiService.startService(self)
+
+    def _start_up(self) -> None:
+        try:
+            # conmon monitors daemonize (see rktlet.oci.conmon): as a subreaper
+            # the daemon gets them as children, watches and reaps them.
+            become_subreaper()
+        except OSError as e:
+            log.warn("{error}; container monitors will be PID 1's children", error=str(e))
+        self.claim = claim_socket(self._config.socket)
+        try:
+            self._engine.load()
+        except BaseException:
+            self.claim.release()
+            raise
+
+    def stopService(self) -> Deferred:
+        d = MultiService.stopService(self)
+
+        def release(result: Any) -> Any:
+            if self.claim is not None:
+                self.claim.release()
+            return result
+
+        return d.addBoth(release)
+
+
+def build_service(config: Config, reactor: Any = None, euid: int | None = None) -> Daemon:
+    """The daemon's service tree for *config*: checked and constructed, with
+    nothing started (see :class:`Daemon`).
 
     :param euid: the effective uid to check (default: this process's).
     :raises StartupError: the daemon must not start (message is one line).
@@ -118,84 +174,74 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             f"rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid {euid}"
         )
     logs.set_level(config.log_level)
-    try:
-        # conmon monitors daemonize (see rktlet.oci.conmon): as a subreaper
-        # the daemon gets them as children, watches and reaps them.
-        become_subreaper()
-    except OSError as e:
-        log.warn("{error}; container monitors will be PID 1's children", error=str(e))
-    claim = claim_socket(config.socket)
-    try:
-        # Long file-system work (unpacking, cgroup removal, disk-usage walks)
-        # must leave threads for the quick reads Status and the stats need.
-        reactor.suggestThreadPoolSize(config.blocking_threads)
-        threadpool = reactor.getThreadPool()
-        layout = cgroups.detect()
-        host = RealHost(reactor, layout)
-        images = ImageManager(
-            reactor,
-            ImageStore(config.root),
-            RegistryClient(reactor, config.is_insecure_registry, config.mirrors,
-                           max_manifest_size=config.max_manifest_size),
-            threadpool,
-            pull_progress_timeout=config.pull_progress_timeout,
-            limits=ImageLimits(
-                max_bytes=config.max_image_bytes,
-                max_inodes=config.max_image_inodes,
-                max_layers=config.max_image_layers,
-                max_config_size=config.max_image_config_size,
-                max_concurrent_downloads=config.max_concurrent_downloads,
-            ),
-        )
-        sandboxes = SandboxManager(
-            reactor,
-            threadpool,
-            config,
-            PodStore(config.root),
-            CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
-            Handlers(config.handlers),
-            host,
-        )
-        runtimes = {
-            name: OCIRuntime(reactor, binary, os.path.join(config.run_dir, "runtime", name))
-            for name, binary in config.handlers.items()
-        }
-        conmons = {
-            name: Conmon(reactor, runtime, exits_dir=os.path.join(config.run_dir, "exits"),
-                         socket_dir=os.path.join(config.run_dir, "s"))
-            for name, runtime in runtimes.items()
-        }
-        containers = ContainerManager(
-            reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
-            runtimes, conmons, host,
-        )
-        nri = None
-        if config.nri_socket:
-            nri = NRI(reactor, config.nri_socket, lambda: (sandboxes.list(), containers.list()),
-                      runtime_version=__version__, request_timeout=config.nri_request_timeout,
-                      sync_timeout=config.nri_sync_timeout)
-            sandboxes.nri = containers.nri = nri
-        streams = StreamService(
-            reactor,
-            config.stream_address,
-            StreamingBackend(reactor, threadpool, containers, sandboxes),
-            tls_cert=config.stream_tls_cert or None,
-            tls_key=config.stream_tls_key or None,
-            idle_timeout=config.stream_idle_timeout,
-        )
-        engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers,
-                        stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes), streams=streams)
-        engine.load()
-    except BaseException:
-        claim.release()
-        raise
+    # Long file-system work (unpacking, cgroup removal, disk-usage walks)
+    # must leave threads for the quick reads Status and the stats need.
+    reactor.suggestThreadPoolSize(config.blocking_threads)
+    threadpool = reactor.getThreadPool()
+    # Reading the cgroup layout is a check (it refuses a host it cannot
+    # use) whose answer the drivers are built with.
+    layout = cgroups.detect()
+    host = RealHost(reactor, layout)
+    images = ImageManager(
+        reactor,
+        ImageStore(config.root),
+        RegistryClient(reactor, config.is_insecure_registry, config.mirrors,
+                       max_manifest_size=config.max_manifest_size),
+        threadpool,
+        pull_progress_timeout=config.pull_progress_timeout,
+        limits=ImageLimits(
+            max_bytes=config.max_image_bytes,
+            max_inodes=config.max_image_inodes,
+            max_layers=config.max_image_layers,
+            max_config_size=config.max_image_config_size,
+            max_concurrent_downloads=config.max_concurrent_downloads,
+        ),
+    )
+    sandboxes = SandboxManager(
+        reactor,
+        threadpool,
+        config,
+        PodStore(config.root),
+        CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
+        Handlers(config.handlers),
+        host,
+    )
+    runtimes = {
+        name: OCIRuntime(reactor, binary, os.path.join(config.run_dir, "runtime", name))
+        for name, binary in config.handlers.items()
+    }
+    conmons = {
+        name: Conmon(reactor, runtime, exits_dir=os.path.join(config.run_dir, "exits"),
+                     socket_dir=os.path.join(config.run_dir, "s"))
+        for name, runtime in runtimes.items()
+    }
+    containers = ContainerManager(
+        reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
+        runtimes, conmons, host,
+    )
+    nri = None
+    if config.nri_socket:
+        nri = NRI(reactor, config.nri_socket, lambda: (sandboxes.list(), containers.list()),
+                  runtime_version=__version__, request_timeout=config.nri_request_timeout,
+                  sync_timeout=config.nri_sync_timeout)
+        sandboxes.nri = containers.nri = nri
+    streams = StreamService(
+        reactor,
+        config.stream_address,
+        StreamingBackend(reactor, threadpool, containers, sandboxes),
+        tls_cert=config.stream_tls_cert or None,
+        tls_key=config.stream_tls_key or None,
+        idle_timeout=config.stream_idle_timeout,
+    )
+    engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers,
+                    stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes), streams=streams)
     bridge = ReactorBridge(reactor)
-    top = MultiService()
+    top = Daemon(config, engine)
     streams.setServiceParent(top)  # listening before the RPCs that hand out its URLs are served
     if nri is not None:
         nri.setServiceParent(top)  # plugins may connect (and synchronize) before the CRI is served
     grpc_service = GrpcServerService(
-        claim,
+        config.socket,
         [
             generic_handler(RUNTIME_SERVICE, RuntimeService(engine, bridge), pb),
             generic_handler(IMAGE_SERVICE, ImageService(engine, bridge), pb),
@@ -210,8 +256,9 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
 
 
 def makeService(options: Options) -> IService:
-    """twistd's entry point. A start-up refusal is one line on stderr and
-    exit status 1, not a traceback."""
+    """twistd's entry point. A start-up refusal, here or when the service
+    starts (:class:`Daemon`), is one line on stderr and exit status 1, not a
+    traceback."""
     try:
         return build_service(options.config)
     except RktletError as e:

@@ -13,7 +13,6 @@ from twisted.internet.threads import deferToThread
 
 from rktlet import logs
 from rktlet.cri.bridge import ReactorBridge
-from rktlet.cri.socket_claim import SocketClaim
 from rktlet.errors import StartupError
 
 log = logs.logger("rktlet.cri.server")
@@ -28,7 +27,8 @@ MAX_MESSAGE = 16 * 1024 * 1024
 class GrpcServerService(Service):
     """Serves the CRI handlers on the claimed unix socket.
 
-    :param claim: the socket path this daemon owns (``socket_claim``).
+    :param socket_path: the unix socket to serve, claimed by the daemon
+        before this service starts (``socket_claim``).
     :param handlers: the gRPC handlers, one per CRI service.
     :param bridge: closed on stop, so waiting workers are released.
     :param max_workers: size of the worker thread pool: calls served at
@@ -43,19 +43,19 @@ class GrpcServerService(Service):
 
     def __init__(
         self,
-        claim: SocketClaim,
+        socket_path: str,
         handlers: Sequence[grpc.GenericRpcHandler],
         bridge: ReactorBridge,
         max_workers: int = 128,
     ) -> None:
-        self._claim = claim
+        self._socket_path = socket_path
         self._handlers = handlers
         self._bridge = bridge
         self._max_workers = max_workers
         self._server: grpc.Server | None = None
 
     def startService(self) -> None:
-        path = self._claim.socket_path
+        path = self._socket_path
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="cri"),
             handlers=list(self._handlers),
@@ -87,5 +87,5 @@ class GrpcServerService(Service):
                 server.stop(STOP_GRACE).wait()
 
         d = deferToThread(stop)
-        d.addBoth(lambda result: (self._claim.release(), log.info("CRI server stopped"), result)[-1])
+        d.addBoth(lambda result: (log.info("CRI server stopped"), result)[-1])
         return d

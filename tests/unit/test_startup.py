@@ -50,3 +50,19 @@ def test_sd_notify(tmp_path):
         assert sdnotify.notify("READY=1", {"NOTIFY_SOCKET": address})
         assert listener.recv(64) == b"READY=1"
     assert not sdnotify.notify("READY=1", {})
+
+
+def test_building_the_service_changes_nothing_on_the_host(tmp_path):
+    """Checks and construction only: the socket is claimed and the state
+    loaded when the service starts (rktlet.tap.Daemon), not before."""
+    from twisted.internet import reactor
+
+    c = config.load({"socket": str(tmp_path / "run" / "s.sock"), "root": str(tmp_path / "root"),
+                     "run-dir": str(tmp_path / "run")})
+    try:
+        service = build_service(c, reactor=reactor, euid=0)
+    except StartupError as e:  # a host without a usable cgroup layout
+        pytest.skip(str(e))
+    assert service.claim is None
+    assert not os.path.exists(tmp_path / "run" / "s.sock.lock")
+    assert not os.path.exists(tmp_path / "root" / "pods")
