@@ -154,3 +154,16 @@ def test_version_names_rktlet_and_the_programs_it_found():
         assert any(line.startswith(f"cni {plugin}: CNI {plugin} plugin") for line in lines), lines
     plugin = twistd("--version")
     assert plugin.stdout.splitlines()[0] == f"rktlet {__version__}"
+
+
+def test_the_command_still_runs_the_daemon_with_its_options():
+    d = Daemon(command=[sys.executable, "-m", "rktlet.cli"], extra_args=["--insecure-registry", "reg.example:5000"])
+    try:
+        d.start()
+        info = d.runtime().Status(pb.StatusRequest(verbose=True), timeout=10).info
+        effective = json.loads(info["config"])
+        assert effective["root"] == d.root and effective["insecure-registry"] == ["reg.example:5000"]
+        assert d.stop() in (0, -15)
+        assert "Traceback" not in d.log()
+    finally:
+        d.cleanup()
