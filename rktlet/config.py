@@ -40,10 +40,14 @@ class Option:
 
     @property
     def default_text(self) -> str:
-        """The default as a flag would spell it."""
+        """The default as a flag would spell it (``none`` when empty)."""
         if isinstance(self.default, tuple):
-            return ":".join(self.default)
-        return str(self.default)
+            return ":".join(self.default) or "none"
+        if self.parse is _duration:
+            return _duration_text(self.default)
+        if self.parse is _size:
+            return _size_text(self.default)
+        return str(self.default) or "none"
 
     @property
     def attr(self) -> str:
@@ -116,6 +120,13 @@ def _duration(value: Any) -> float:
     return seconds
 
 
+def _duration_text(seconds: float) -> str:
+    for suffix, unit in (("h", 3600), ("m", 60)):
+        if seconds >= unit and seconds % unit == 0:
+            return f"{seconds / unit:g}{suffix}"
+    return f"{seconds:g}s"
+
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -144,6 +155,13 @@ def _size(value: Any) -> int:
     if result <= 0:
         raise ValueError(f"must be positive, got {value!r}")
     return result
+
+
+def _size_text(size: int) -> str:
+    for suffix, unit in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
 
 
 def _count(value: Any) -> int:
@@ -386,6 +404,27 @@ def default_config_text() -> str:
         lines.append(f"# {opt.help}.")
         value = _EXAMPLES.get(opt.key, opt.default) if opt.repeatable else opt.default
         lines.append(f"#{opt.key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dump_toml(config: Config) -> str:
+    """The effective *config* as a TOML file that :func:`load` accepts back
+    (what ``rktlet config`` prints): every option at its value, after its
+    help. Written from :data:`OPTIONS`, so every option is in it."""
+    import tomli_w
+
+    origin = f"the defaults, then {config.config_file}, then the flags" if config.config_file else \
+        "the defaults, then the flags"
+    lines = [
+        "# rktlet's effective configuration (`rktlet config`): " + origin.replace("\n", " ") + ".",
+        "# A valid file for --config.",
+        "",
+    ]
+    for opt in OPTIONS:
+        value = getattr(config, opt.attr)
+        lines.append(f"# {opt.help}.")
+        lines.append(tomli_w.dumps({opt.key: list(value) if isinstance(value, tuple) else value}).rstrip("\n"))
         lines.append("")
     return "\n".join(lines)
 

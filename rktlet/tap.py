@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from rktlet import config as config_module
-from rktlet import __version__, logs, sdnotify
-from rktlet.config import OPTIONS, Config
+from rktlet import __version__, logs, preflight, sdnotify
+from rktlet.config import OPTIONS, Config, Option
 from rktlet.cri.bridge import ReactorBridge
 from rktlet.cri.dispatch import generic_handler
 from rktlet.cri.image_service import ImageService
@@ -24,7 +24,7 @@ from rktlet.cri.proto import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from rktlet.cri.runtime_service import RuntimeService
 from rktlet.cri.server import GrpcServerService
 from rktlet.cri.socket_claim import SocketClaim, claim_socket
-from rktlet.errors import RktletError, StartupError
+from rktlet.errors import RktletError
 from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
 from rktlet.image.store import ImageStore
@@ -63,26 +63,43 @@ class Options(usage.Options):
             if opt.repeatable:
                 self[opt.key] = []
 
-    def opt_insecure_registry(self, value: str) -> None:
-        """registry HOST[:PORT] reached over plain HTTP (repeatable; localhost
-        and 127.0.0.1 always are)"""
-        self["insecure-registry"].append(value)
+    def opt_help(self) -> None:
+        """print this help and exit"""
+        print(self)
+        sys.exit(0)
 
-    def opt_runtime_handler(self, value: str) -> None:
-        """NAME=PATH: another runtime handler (rkt's stage1 flavor), e.g.
-        crun=/usr/bin/crun (repeatable)"""
-        self["runtime-handler"].append(value)
+    def opt_version(self) -> None:
+        """print rktlet's version and those of the runtimes, conmon and CNI plugins it finds, then exit"""
+        try:
+            config = self._load()
+        except RktletError:
+            config = Config()  # the options given so far are wrong: the defaults' programs
+        print(preflight.version_text(config))
+        sys.exit(0)
 
-    def opt_registry_mirror(self, value: str) -> None:
-        """HOST=URL: try the registry at URL before HOST for images named
-        HOST/... (repeatable, in order)"""
-        self["registry-mirror"].append(value)
+    def _load(self) -> Config:
+        return config_module.load({o.key: self.get(o.key) for o in OPTIONS}, self.get("config"))
 
     def postOptions(self) -> None:
         try:
-            self.config = config_module.load({o.key: self.get(o.key) for o in OPTIONS}, self["config"])
+            self.config = self._load()
         except RktletError as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _appender(opt: Option) -> Callable[[Options, str], None]:
+    def append(self: Options, value: str) -> None:
+        self[opt.key].append(value)
+
+    # One line: twisted prints a handler's docstring as the option's help.
+    append.__doc__ = opt.help
+    return append
+
+
+# A repeatable option is a handler that appends (a parameter keeps only the last value).
+for _opt in OPTIONS:
+    if _opt.repeatable:
+        setattr(Options, f"opt_{_opt.attr}", _appender(_opt))
 
 
 class _Lifecycle(Service):
@@ -127,7 +144,8 @@ class Daemon(MultiService):
             # A refusal is one line on stderr and exit status 1, not a
             # traceback. twistd has replaced sys.stderr with its log by now.
             log.error("not starting: {error}", error=str(e))
-            sys.__stderr__.write(f"rktlet: {e}\n")
+            for line in str(e).splitlines():
+                sys.__stderr__.write(f"rktlet: {line}\n")
             sys.__stderr__.flush()
             raise SystemExit(1) from None
         MultiService.startService(self)
@@ -157,23 +175,27 @@ class Daemon(MultiService):
         return d.addBoth(release)
 
 
-def build_service(config: Config, reactor: Any = None, euid: int | None = None) -> Daemon:
+def build_service(config: Config, reactor: Any = None, euid: int | None = None,
+                  host: preflight.Host | None = None) -> Daemon:
     """The daemon's service tree for *config*: checked and constructed, with
     nothing started (see :class:`Daemon`).
 
     :param euid: the effective uid to check (default: this process's).
-    :raises StartupError: the daemon must not start (message is one line).
+    :param host: the machine the start-up checks look at (default: this one).
+    :raises StartupError: the daemon must not start (one line per reason).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0:
-        raise StartupError(
-            f"rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid {euid}"
-        )
     logs.set_level(config.log_level)
+    # The same checks as `rktlet check`, refusing with the same lines.
+    machine = host or preflight.Host(euid=os.geteuid() if euid is None else euid)
+    report = preflight.run_checks(config, machine)
+    for result in report.warnings:
+        log.warn("{line}", line=result.line)
+    if report.failures:
+        raise preflight.PreflightFailed(report.failures)
     # Long file-system work (unpacking, cgroup removal, disk-usage walks)
     # must leave threads for the quick reads Status and the stats need.
     reactor.suggestThreadPoolSize(config.blocking_threads)
@@ -181,7 +203,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
     # Reading the cgroup layout is a check (it refuses a host it cannot
     # use) whose answer the drivers are built with.
     layout = cgroups.detect()
-    host = RealHost(reactor, layout)
+    real_host = RealHost(reactor, layout)
     images = ImageManager(
         reactor,
         ImageStore(config.root),
@@ -204,7 +226,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         PodStore(config.root),
         CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
         Handlers(config.handlers),
-        host,
+        real_host,
     )
     runtimes = {
         name: OCIRuntime(reactor, binary, os.path.join(config.run_dir, "runtime", name))
@@ -217,7 +239,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
     }
     containers = ContainerManager(
         reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
-        runtimes, conmons, host,
+        runtimes, conmons, real_host,
     )
     nri = None
     if config.nri_socket:
@@ -262,5 +284,6 @@ def makeService(options: Options) -> IService:
     try:
         return build_service(options.config)
     except RktletError as e:
-        sys.stderr.write(f"rktlet: {e}\n")
+        for line in str(e).splitlines():
+            sys.stderr.write(f"rktlet: {line}\n")
         raise SystemExit(1) from None

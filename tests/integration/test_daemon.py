@@ -203,7 +203,10 @@ def test_non_root_is_refused_with_a_clear_message():
         except PermissionError:
             pytest.skip("this Python installation is not readable by uid 65534 (unit test covers the check)")
         assert result.returncode == 1
-        assert result.stderr.strip() == "rktlet: rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid 65534"
+        assert result.stderr.strip() == (
+            "rktlet: root: rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid "
+            "65534; start it as root (sudo, or its systemd unit)"
+        )
     finally:
         d.cleanup()
 

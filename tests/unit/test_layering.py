@@ -17,6 +17,8 @@ FORBIDDEN = {
     "nri": {"cri", "stream", "pod", "tap", "oci", "network", "image"},
     "stream": {"cri", "tap", "nri"},
     "cri": {"stream", "tap", "nri"},
+    # The start-up checks look at the drivers' programs and the host, never at the engine or the servers.
+    "preflight": {"cri", "stream", "pod", "tap", "nri", "image"},
 }
 # The CRI RPCs that prepare streaming sessions build the session requests
 # the streaming server defines: that one module of types is shared.

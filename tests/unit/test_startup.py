@@ -52,11 +52,15 @@ def test_sd_notify(tmp_path):
     assert not sdnotify.notify("READY=1", {})
 
 
-def test_building_the_service_changes_nothing_on_the_host(tmp_path):
+def test_building_the_service_changes_nothing_on_the_host(tmp_path, monkeypatch):
     """Checks and construction only: the socket is claimed and the state
     loaded when the service starts (rktlet.tap.Daemon), not before."""
     from twisted.internet import reactor
 
+    from rktlet import tap
+    from rktlet.preflight.model import Report
+
+    monkeypatch.setattr(tap.preflight, "run_checks", lambda config, host: Report(()))
     c = config.load({"socket": str(tmp_path / "run" / "s.sock"), "root": str(tmp_path / "root"),
                      "run-dir": str(tmp_path / "run")})
     try:

@@ -47,6 +47,14 @@ _CONMON_PREFIX = re.compile(r"\[conmon:[a-z]\]:\s*")
 #: conmon's stderr is kept only to explain a failed start; bound it.
 _STDERR_LIMIT = 64 << 10
 
+#: The options rktlet passes to conmon, by their long names (``rktlet
+#: check`` looks for each in ``conmon --help``); keep in step with _argv.
+REQUIRED_OPTIONS = (
+    "--bundle", "--cid", "--cuuid", "--name", "--runtime", "--runtime-arg", "--log-path", "--exit-dir",
+    "--socket-dir-path", "--container-pidfile", "--conmon-pidfile", "--persist-dir", "--log-level",
+    "--terminal", "--stdin", "--leave-stdin-open",
+)
+
 
 def parse_sync_message(data: bytes) -> tuple[int, str]:
     """``(pid, message)`` from conmon's sync-pipe line.
