@@ -228,7 +228,8 @@ class RuntimeService(StreamingRPCs, Servicer):
     # -- statistics -----------------------------------------------------------
 
     def _container_stats(self, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> list[pb.ContainerStats]:
-        figures = self._on_reactor(context, self._engine.stats.container_stats, *args, **kwargs)
+        # Read here, from snapshots: blocking is fine on a worker thread.
+        figures = self._engine.stats.container_stats(*args, **kwargs)
         return [stats_convert.container_stats(f) for f in figures]
 
     def ContainerStats(self, request: pb.ContainerStatsRequest, context: grpc.ServicerContext) -> pb.ContainerStatsResponse:
@@ -251,7 +252,7 @@ class RuntimeService(StreamingRPCs, Servicer):
         return paged(items, lambda page: pb.StreamContainerStatsResponse(container_stats=page))
 
     def _pod_figures(self, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> list:
-        return self._on_reactor(context, self._engine.stats.pod_stats, *args, **kwargs)
+        return self._engine.stats.pod_stats(*args, **kwargs)
 
     def PodSandboxStats(self, request: pb.PodSandboxStatsRequest, context: grpc.ServicerContext) -> pb.PodSandboxStatsResponse:
         [figures] = self._pod_figures(context, request.pod_sandbox_id, one=True)

@@ -500,7 +500,7 @@ class UsageCache:
     layers), measured in *threadpool*, never on the reactor thread, and
     cached between calls.
 
-    Use it from the reactor thread only.  At most one walk per path runs at
+    Use it from the reactor thread only (but :meth:`peek`).  At most one walk per path runs at
     a time: :meth:`get` starts a background walk when the value is missing
     or older than *max_age* seconds and none is running; :meth:`measure`
     queues one walk to start after the running one (callers arriving
@@ -535,6 +535,14 @@ class UsageCache:
         if not entry.running and self._reactor.seconds() - entry.measured_at >= self._max_age:
             self._start(path, entry)
         return entry.value
+
+    def peek(self, path: str) -> tuple[int, int] | None:
+        """The cached ``(bytes, inodes)`` of *path*, or None; any thread.
+        Starts nothing (the reactor thread calls :meth:`get` for that). A
+        value is an immutable tuple replaced whole, so reading it without
+        the reactor is safe."""
+        entry = self._entries.get(path)
+        return entry.value if entry is not None else None
 
     async def measure(self, path: str) -> tuple[int, int]:
         """Measure *path* now (in a thread), cache and return the result.

@@ -90,7 +90,9 @@ def _read_networks(netns: dict[str, str]) -> dict[str, dict[str, dict[str, int]]
 
 
 class StatsCollector:
-    """Collects statistics; used on the reactor thread.
+    """Collects statistics. The stats lists (:meth:`container_stats`,
+    :meth:`pod_stats`) are read on the calling thread from snapshots;
+    :meth:`pod_metrics` runs on the reactor thread.
 
     :param reactor: for the thread handoff.
     :param threadpool: where cgroup files and /proc/net/dev are read.
@@ -113,6 +115,8 @@ class StatsCollector:
         self._kept: dict[str, str] = {}
 
     def _prune(self) -> None:
+        """Forget the rates and usage kept for removed containers and pods
+        (reactor thread)."""
         alive = set(self._containers.containers) | {f"pod:{i}" for i in self._sandboxes.sandboxes}
         for key in [k for k in self._kept if k not in alive]:
             self._rates.forget(key)
@@ -121,55 +125,85 @@ class StatsCollector:
             else:
                 del self._kept[key]
 
+    def _kept_after_read(self, kept: dict[str, str]) -> None:
+        """What a read on another thread used (rate key → writable layer or
+        ''), noted on the reactor: kept until its owner is removed, and each
+        layer's disk usage refreshed in the background when it is stale."""
+        self._kept.update(kept)
+        self._prune()  # also what was removed while the read ran
+        for key, upper in kept.items():
+            if upper and key in self._kept:
+                self._usage.get(upper)
+
     def _cgroup_of(self, c: Container) -> str | None:
-        sb = self._sandboxes.find(c.sandbox_id)
+        sb = self._sandboxes.snapshots.current(c.sandbox_id)
         return f"{sb.cgroup_parent.rstrip('/')}/{c.id}" if sb else None
 
-    async def containers(self, selected: list[Container]) -> list[ContainerFigures]:
-        """Statistics of *selected* containers (running ones have cgroup
-        figures; others only their writable layer)."""
-        self._prune()
+    def _container_figures(self, selected: list[Container], kept: dict[str, str]) -> list[ContainerFigures]:
+        """Blocking, any thread: figures of *selected* container snapshots
+        (running ones have cgroup figures; others only their writable
+        layer's usage, as last measured)."""
         paths = {c.id: self._cgroup_of(c) for c in selected}
-        wanted = [p for c_id, p in paths.items() if p]
-        samples = await deferToThreadPool(self._reactor, self._threadpool, read_cgroups, self._layout, wanted)
+        samples = read_cgroups(self._layout, [p for p in paths.values() if p])
         now = time.time_ns()
         out = []
         for c in selected:
             sample = samples.get(paths[c.id]) if paths[c.id] else None
             rate = self._rates.observe(c.id, sample) if sample is not None else None
             upper = f"{c.layer_dir}/upper"
-            self._kept[c.id] = upper
+            kept[c.id] = upper
             out.append(ContainerFigures(c, sample.timestamp_ns if sample else now, sample, rate,
-                                        self._usage.get(upper), upper))
+                                        self._usage.peek(upper), upper))
         return out
 
-    async def pods(self, selected: list[Sandbox]) -> list[PodFigures]:
-        """Statistics of *selected* pods with their containers'."""
-        by_pod: dict[str, list[Container]] = {sb.id: [] for sb in selected}
-        for c in self._containers.containers.values():
-            if c.sandbox_id in by_pod:
-                by_pod[c.sandbox_id].append(c)
-        container_figures = await self.containers([c for cs in by_pod.values() for c in cs])
-        figures_by_pod: dict[str, list[ContainerFigures]] = {}
-        for f in container_figures:
-            figures_by_pod.setdefault(f.container.sandbox_id, []).append(f)
+    def container_stats(self, id_prefix: str = "", sandbox_prefix: str = "",
+                        labels: dict[str, str] | None = None, one: bool = False) -> list[ContainerFigures]:
+        """Statistics of the containers matching the filters (or of exactly
+        one container, NotFound if absent, with *one*).
 
-        cgroup_paths = [sb.cgroup_parent for sb in selected]
-        netns = {sb.id: sb.netns for sb in selected if sb.state == READY and sb.netns}
+        Blocking, on the calling thread (a gRPC worker), from the published
+        snapshots: the reactor only hears afterwards what was read."""
+        if one:
+            selected = [self._containers.status(id_prefix)]
+        else:
+            selected = self._containers.list(id_prefix, sandbox_prefix, None, labels)
+        kept: dict[str, str] = {}
+        try:
+            return self._container_figures(selected, kept)
+        finally:
+            self._reactor.callFromThread(self._kept_after_read, kept)
 
-        def read_pods() -> tuple[dict[str, CgroupSample | None], dict[str, dict[str, dict[str, int]]]]:
-            return read_cgroups(self._layout, cgroup_paths), _read_networks(netns)
+    def pod_stats(self, id_prefix: str = "", labels: dict[str, str] | None = None,
+                  one: bool = False) -> list[PodFigures]:
+        """Statistics of the ready pods matching the filters (or of exactly
+        one pod, NotFound if absent, with *one*), with their containers'.
 
-        samples, networks = await deferToThreadPool(self._reactor, self._threadpool, read_pods)
-        now = time.time_ns()
-        out = []
-        for sb in selected:
-            sample = samples.get(sb.cgroup_parent)
-            rate = self._rates.observe(f"pod:{sb.id}", sample) if sample is not None else None
-            self._kept.setdefault(f"pod:{sb.id}", "")
-            out.append(PodFigures(sb, sample.timestamp_ns if sample else now, sample, rate,
-                                  networks.get(sb.id, {}), tuple(figures_by_pod.get(sb.id, ()))))
-        return out
+        Blocking, on the calling thread, like :meth:`container_stats`."""
+        if one:
+            selected = [self._sandboxes.status(id_prefix)]
+        else:
+            selected = self._sandboxes.list(id_prefix, READY, labels)
+        wanted = {sb.id for sb in selected}
+        kept: dict[str, str] = {}
+        try:
+            container_figures = self._container_figures(
+                self._containers.snapshots.select(lambda c: c.sandbox_id in wanted), kept)
+            figures_by_pod: dict[str, list[ContainerFigures]] = {}
+            for f in container_figures:
+                figures_by_pod.setdefault(f.container.sandbox_id, []).append(f)
+            samples = read_cgroups(self._layout, [sb.cgroup_parent for sb in selected])
+            networks = _read_networks({sb.id: sb.netns for sb in selected if sb.state == READY and sb.netns})
+            now = time.time_ns()
+            out = []
+            for sb in selected:
+                sample = samples.get(sb.cgroup_parent)
+                rate = self._rates.observe(f"pod:{sb.id}", sample) if sample is not None else None
+                kept[f"pod:{sb.id}"] = ""
+                out.append(PodFigures(sb, sample.timestamp_ns if sample else now, sample, rate,
+                                      networks.get(sb.id, {}), tuple(figures_by_pod.get(sb.id, ()))))
+            return out
+        finally:
+            self._reactor.callFromThread(self._kept_after_read, kept)
 
     async def pod_metrics(self) -> list[PodMetricFigures]:
         """Figures for the cAdvisor-named metrics of every ready pod and its
@@ -214,23 +248,3 @@ class StatsCollector:
                 c, now, samples.get(path) if path else None, extended.get(path) if path else None,
                 usage[c.id], filesystem, device))
         return [PodMetricFigures(sb, now, networks.get(sb.id, {}), tuple(by_pod.get(sb.id, ()))) for sb in pods]
-
-    async def container_stats(self, id_prefix: str = "", sandbox_prefix: str = "",
-                              labels: dict[str, str] | None = None, one: bool = False) -> list[ContainerFigures]:
-        """Statistics of the containers matching the filters (or of exactly
-        one container, NotFound if absent, with *one*)."""
-        if one:
-            selected = [self._containers.get(id_prefix)]
-        else:
-            selected = self._containers.list(id_prefix, sandbox_prefix, None, labels)
-        return await self.containers(selected)
-
-    async def pod_stats(self, id_prefix: str = "", labels: dict[str, str] | None = None,
-                        one: bool = False) -> list[PodFigures]:
-        """Statistics of the ready pods matching the filters (or of exactly
-        one pod, NotFound if absent, with *one*)."""
-        if one:
-            selected = [self._sandboxes.get(id_prefix)]
-        else:
-            selected = self._sandboxes.list(id_prefix, READY, labels)
-        return await self.pods(selected)

@@ -605,3 +605,13 @@ def test_net_dev_totals_from_parsed_proc_net_dev():
     totals = net_dev_totals(parse_net_dev(text))
     assert (totals["rx_bytes"], totals["rx_errors"], totals["tx_bytes"], totals["tx_errors"]) == (9263, 3, 1146, 1)
 
+
+
+def test_cache_peek_reads_without_starting_a_walk(cache_parts):
+    reactor, pool, walks, cache = cache_parts
+    walks.answers["/l"] = (4096, 3)
+    assert cache.peek("/l") is None
+    assert pool.run_all() == 0  # peeking queued nothing
+    cache.get("/l")
+    assert pool.run_all() == 1
+    assert cache.peek("/l") == (4096, 3)
