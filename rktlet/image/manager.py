@@ -172,6 +172,8 @@ class ImageManager:
         self._unpacks: dict[str, list[Any]] = {}
         # Writes of the image records, one at a time (see _save_records).
         self._records_lock = DeferredLock()
+        #: Where pulls are reported (rktlet.metrics.images.ImageMetrics), or None.
+        self.metrics: Any = None
 
     def keep_layers_used_by(self, user: Callable[[], Iterable[str]]) -> None:
         """Garbage collection and image removal keep the layers (chain ids)
@@ -285,20 +287,31 @@ class ImageManager:
         reporter.clock = self._reactor
         reporter.start(PROGRESS_LOG_INTERVAL, now=False)
         started = self._reactor.seconds()
+        if self.metrics is not None:
+            self.metrics.pull_started()
+        error: BaseException | None = None
         try:
             record = await work
         except CancelledError:
             if stalled:
                 log.error("{message}", message=stalled[0])
-                raise DeadlineExceeded(stalled[0]) from None
+                error = DeadlineExceeded(stalled[0])
+                raise error from None
+            error = CancelledError()
             raise
         except RktletError as e:
+            error = e
             log.error("pull of {image} failed: {error}", image=key, error=str(e))
+            raise
+        except BaseException as e:
+            error = e
             raise
         finally:
             watchdog.stop()
             reporter.stop()
             del self._progress[key]
+            if self.metrics is not None:
+                self.metrics.pull_ended(self._reactor.seconds() - started, error)
         log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
                  image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
@@ -527,9 +540,20 @@ class ImageManager:
             await self._downloads.acquire()
             try:
                 self._set_layer(chain_id, "downloading")
+                fetched = [0]  # bytes of this blob reported to the metrics
+
+                def progress(done: int, total: int) -> None:
+                    if self.metrics is not None:
+                        if done < fetched[0]:
+                            fetched[0] = 0  # fetched again (another mirror): those bytes came too
+                        if done > fetched[0]:
+                            self.metrics.bytes_fetched(done - fetched[0])
+                            fetched[0] = done
+                    self._download_progress(chain_id, done)
+
                 await self._registry.get_blob(
                     ref, layer.digest, blob, credentials,
-                    progress=lambda done, total: self._download_progress(chain_id, done),
+                    progress=progress,
                     expected_size=layer.size,
                 )  # fmt: skip
             finally:
