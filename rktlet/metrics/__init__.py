@@ -50,7 +50,9 @@ class Metrics:
         # No `_created` series beside every counter and histogram: a scrape
         # carries what is measured, not when each child was first seen.
         disable_created_metrics()
-        self.registry = registry if registry is not None else CollectorRegistry()
+        # auto_describe: the scrape-time collectors are asked their names when
+        # registered, so that a scrape filtered by name (`?name[]=...`) finds them.
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.rpc = RpcMetrics(self.registry)
         self.images = ImageMetrics(self.registry)
         self.containers = ContainerMetrics(self.registry)
