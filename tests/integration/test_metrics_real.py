@@ -245,3 +245,26 @@ def test_without_the_option_there_is_no_listener():
 
 def test_with_the_option_the_endpoint_has_its_own_listener(daemon, metrics_port):
     assert listening_ports(daemon.process.pid) == {daemon.stream_port, metrics_port}
+
+
+def test_monitors_readopted_after_a_restart_are_counted(crictl, daemon, test_network, pushed_images, metrics_port,
+                                                        tmp_path):
+    web = pushed_images["web"]
+    crictl.run("pull", web.ref)
+    pod_json = write(tmp_path, "pod.json", {"metadata": {"name": "again", "namespace": "default", "uid": "again-uid",
+                                                         "attempt": 1}, "log_directory": str(tmp_path)})
+    pod_id = crictl.run("runp", pod_json).stdout.strip()
+    ctr = write(tmp_path, "c.json", {"metadata": {"name": "httpd"}, "image": {"image": web.ref},
+                                     "log_path": "httpd.log"})
+    cid = crictl.run("create", pod_id, ctr, pod_json).stdout.strip()
+    crictl.run("start", cid)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    assert get(scrape(url), "rktlet_monitor_readoptions_total") == 0
+    daemon.stop()
+    daemon.start()
+    s = scrape(url)
+    assert get(s, "rktlet_monitor_readoptions_total") == 1
+    assert get(s, "rktlet_monitors_lost_total") == 0
+    assert get(s, "rktlet_containers", state="running") == 1
+    assert get(s, "rktlet_pods", state="ready") == 1
+    assert get(s, "rktlet_images") == 1

@@ -184,6 +184,22 @@ def test_monitors_readopted_at_start_up_are_counted(tmp_path):
     assert value(registry, "rktlet_monitors_lost_total") == 0
 
 
+def test_monitors_lost_while_the_daemon_was_down_are_counted(tmp_path):
+    world, _ = watched_world(tmp_path)
+    pod = world.run_pod()
+    c = world.started(pod)
+    world.containers.stop_watching()
+    world.monitors.files.live.pop(c.id)  # conmon killed, no exit file
+    again = PodWorld(world.base, previous=world)
+    registry = CollectorRegistry()
+    again.containers.metrics = ContainerMetrics(registry)
+    again.start()
+    assert again.containers.get(c.id).state == EXITED
+    assert value(registry, "rktlet_monitors_lost_total") == 1
+    assert value(registry, "rktlet_monitor_readoptions_total") == 0
+    assert value(registry, "rktlet_container_exits_total", reason="Error") == 1
+
+
 # -- images --------------------------------------------------------------------------------------
 
 
