@@ -6,7 +6,9 @@ The exposition is prometheus_client's WSGI application (content
 negotiation, gzip, ``name[]`` filters) under twisted.web, run in a small
 thread pool of its own: collecting reads snapshots, ``/proc`` and the CNI
 cache directory, never the reactor's state, and a scrape never waits
-behind the daemon's blocking file-system work. At most
+behind the daemon's blocking file-system work. (That is what
+``prometheus_client.twisted.MetricsResource`` does too, but on the global
+reactor and its shared thread pool; here the reactor is injected.) At most
 :data:`MAX_SCRAPES` scrapes are served at once; more are answered 503.
 Requests carry no body and their heads are bounded, as on the streaming
 server (:mod:`rktlet.stream.httpchannel`).
