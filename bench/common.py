@@ -480,14 +480,15 @@ def start_rktlet(opts: argparse.Namespace, subnet: str, tag: str, rktlet_args: t
 
 def start_containerd(opts: argparse.Namespace, subnet: str, tag: str, registry: Optional[LocalRegistry] = None,
                      pause_ref: str = "", containerd: Optional[str] = None,
-                     mirrors: Optional[dict[str, str]] = None, **_: Any) -> Runtime:
+                     mirrors: Optional[dict[str, str]] = None, metrics_address: str = "", **_: Any) -> Runtime:
     """containerd with its CRI plugin (``harness/containerd.py``), the
     benchmark's network and ``pause_ref`` as its sandbox image, pulled.
     ``containerd`` is the program (Debian's by default, e.g. a 2.x build),
-    ``mirrors`` its ``{upstream host: URL}``."""
+    ``mirrors`` its ``{upstream host: URL}``, ``metrics_address`` where it
+    serves its Prometheus metrics (none by default)."""
     assert registry is not None
     ctrd = Containerd(insecure_registries=[registry.host], cri={"sandbox_image": pause_ref}, binary=containerd,
-                      mirrors=mirrors)
+                      mirrors=mirrors, metrics_address=metrics_address)
     network: Optional[TestNetwork] = None
 
     def roles() -> dict[int, str]:

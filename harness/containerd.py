@@ -307,6 +307,8 @@ class Containerd(CriClients):
         the upstream host.
     :param config_version: ``2`` or ``3``; by default 3 for containerd 2.x
         and 2 for 1.x (from ``binary --version``).
+    :param metrics_address: ``HOST:PORT`` of containerd's Prometheus
+        endpoint (``/v1/metrics``); none by default.
     """
 
     def __init__(
@@ -317,6 +319,7 @@ class Containerd(CriClients):
         binary: Optional[str] = None,
         mirrors: Optional[Mapping[str, str]] = None,
         config_version: Optional[int] = None,
+        metrics_address: str = "",
     ) -> None:
         self.binary = binary or containerd_binary()
         if self.binary is None:
@@ -330,6 +333,7 @@ class Containerd(CriClients):
         self.insecure_registries = tuple(insecure_registries)
         self.log_level = log_level
         self.cri_options = dict(cri or {})
+        self.metrics_address = metrics_address
         self.base: Optional[str] = None
         self.process: Optional[subprocess.Popen] = None
         self._channel: Optional[grpc.Channel] = None
@@ -410,7 +414,7 @@ class Containerd(CriClients):
             "grpc": {"address": self.socket},
             "ttrpc": {"address": self.socket + ".ttrpc"},
             "debug": {"address": "", "level": self.log_level},
-            "metrics": {"address": ""},
+            "metrics": {"address": self.metrics_address},
             cri_table: cri,
             f"{cri_table}.containerd": {
                 "snapshotter": "overlayfs",
@@ -464,7 +468,7 @@ class Containerd(CriClients):
             "grpc": {"address": self.socket},
             "ttrpc": {"address": self.socket + ".ttrpc"},
             "debug": {"address": "", "level": self.log_level},
-            "metrics": {"address": ""},
+            "metrics": {"address": self.metrics_address},
             images_table: images,
             f"{images_table}.pinned_images": pinned,
             f"{images_table}.registry": {"config_path": self._path("certs.d")},

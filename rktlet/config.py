@@ -63,6 +63,11 @@ def _host_port(value: Any) -> str:
     return text
 
 
+def _optional_host_port(value: Any) -> str:
+    text = str(value).strip()
+    return _host_port(text) if text else ""
+
+
 def _log_level(value: Any) -> str:
     text = str(value).lower()
     if text == "warning":
@@ -247,6 +252,11 @@ OPTIONS: tuple[Option, ...] = (
         "time an NRI plugin has to answer Synchronize with every pod and container (seconds, or 30s/5m/1h)",
         _duration,
     ),
+    Option("metrics-address", "",
+           "HOST:PORT of the Prometheus metrics endpoint (/metrics), e.g. 127.0.0.1:9090; empty: no endpoint",
+           _optional_host_port),
+    Option("metrics-tls-cert", "", "PEM certificate for the metrics endpoint (with --metrics-tls-key: serve https)"),
+    Option("metrics-tls-key", "", "PEM private key for the metrics endpoint"),
     Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
 )
 
@@ -284,6 +294,9 @@ class Config:
     nri_socket: str = OPTIONS_BY_KEY["nri-socket"].default
     nri_request_timeout: float = OPTIONS_BY_KEY["nri-request-timeout"].default
     nri_sync_timeout: float = OPTIONS_BY_KEY["nri-sync-timeout"].default
+    metrics_address: str = OPTIONS_BY_KEY["metrics-address"].default
+    metrics_tls_cert: str = OPTIONS_BY_KEY["metrics-tls-cert"].default
+    metrics_tls_key: str = OPTIONS_BY_KEY["metrics-tls-key"].default
     log_level: str = OPTIONS_BY_KEY["log-level"].default
     config_file: str | None = None
 
@@ -371,7 +384,24 @@ def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
             continue
         opt = OPTIONS_BY_KEY[key]
         values[opt.attr] = _parse(opt, raw, f"--{key}")
-    return dataclasses.replace(Config(), config_file=config_file, **values)
+    config = dataclasses.replace(Config(), config_file=config_file, **values)
+    _check_metrics(config)
+    return config
+
+
+def _check_metrics(config: Config) -> None:
+    """The metrics endpoint has a listener of its own: never the streaming
+    server's port, and TLS needs both files."""
+    if not config.metrics_address:
+        return
+    port = int(config.metrics_address.rpartition(":")[2])
+    if port and port == config.stream_port:
+        raise ConfigError(f"option 'metrics-address': {config.metrics_address} uses port {port}, the streaming "
+                          f"server's (stream-address {config.stream_address}); give the metrics endpoint a port of "
+                          "its own")
+    if bool(config.metrics_tls_cert) != bool(config.metrics_tls_key):
+        raise ConfigError("options 'metrics-tls-cert' and 'metrics-tls-key': TLS for the metrics endpoint needs "
+                          "both a certificate and a key")
 
 
 _EXAMPLES = {

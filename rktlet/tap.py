@@ -28,6 +28,8 @@ from rktlet.errors import RktletError
 from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
 from rktlet.image.store import ImageStore
+from rktlet.metrics import Metrics
+from rktlet.metrics.server import MetricsService
 from rktlet.network.cni import CNI
 from rktlet.nri.runtime import NRI
 from rktlet.oci import cgroups
@@ -204,6 +206,15 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
     # use) whose answer the drivers are built with.
     layout = cgroups.detect()
     real_host = RealHost(reactor, layout)
+    # Prometheus metrics (--metrics-address): handed to the layers that
+    # report events; state is read from their snapshots at scrape time.
+    metrics = Metrics(reactor) if config.metrics_address else None
+    metrics_service = None
+    if metrics is not None:
+        metrics_service = MetricsService(reactor, config.metrics_address, metrics.registry,
+                                         tls_cert=config.metrics_tls_cert or None,
+                                         tls_key=config.metrics_tls_key or None,
+                                         probes=(metrics.reactor_lag,))
     images = ImageManager(
         reactor,
         ImageStore(config.root),
@@ -219,12 +230,13 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
             max_concurrent_downloads=config.max_concurrent_downloads,
         ),
     )
+    cni = CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni"))
     sandboxes = SandboxManager(
         reactor,
         threadpool,
         config,
         PodStore(config.root),
-        CNI(reactor, config.cni_conf_dir, config.cni_bin_dir, os.path.join(config.root, "cni")),
+        metrics.network.wrap(cni) if metrics is not None else cni,
         Handlers(config.handlers),
         real_host,
     )
@@ -241,16 +253,23 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
         reactor, threadpool, config.run_dir, config.root, ContainerStore(config.root), sandboxes, images,
         runtimes, conmons, real_host,
     )
+    if metrics is not None:
+        images.metrics = metrics.images
+        containers.metrics = metrics.containers
+        metrics.watch_pods(sandboxes.snapshots, containers.snapshots)
+        metrics.watch_image_store(images.store)
+        metrics.watch_cni_deletes(cni, sandboxes.snapshots)
     nri = None
     if config.nri_socket:
         nri = NRI(reactor, config.nri_socket, lambda: (sandboxes.list(), containers.list()),
                   runtime_version=__version__, request_timeout=config.nri_request_timeout,
                   sync_timeout=config.nri_sync_timeout)
         sandboxes.nri = containers.nri = nri
+    backend = StreamingBackend(reactor, threadpool, containers, sandboxes)
     streams = StreamService(
         reactor,
         config.stream_address,
-        StreamingBackend(reactor, threadpool, containers, sandboxes),
+        metrics.streams.wrap(backend) if metrics is not None else backend,
         tls_cert=config.stream_tls_cert or None,
         tls_key=config.stream_tls_key or None,
         idle_timeout=config.stream_idle_timeout,
@@ -258,15 +277,18 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
     engine = Engine(config, reactor, threadpool, images=images, sandboxes=sandboxes, containers=containers,
                     stats=StatsCollector(reactor, threadpool, layout, containers, sandboxes), streams=streams)
     bridge = ReactorBridge(reactor)
+    rpc_metrics = metrics.rpc if metrics is not None else None
     top = Daemon(config, engine)
+    if metrics_service is not None:
+        metrics_service.setServiceParent(top)  # scrapable before the CRI is served, until after it stops
     streams.setServiceParent(top)  # listening before the RPCs that hand out its URLs are served
     if nri is not None:
         nri.setServiceParent(top)  # plugins may connect (and synchronize) before the CRI is served
     grpc_service = GrpcServerService(
         config.socket,
         [
-            generic_handler(RUNTIME_SERVICE, RuntimeService(engine, bridge), pb),
-            generic_handler(IMAGE_SERVICE, ImageService(engine, bridge), pb),
+            generic_handler(RUNTIME_SERVICE, RuntimeService(engine, bridge), pb, rpc_metrics),
+            generic_handler(IMAGE_SERVICE, ImageService(engine, bridge), pb, rpc_metrics),
         ],
         bridge,
         max_workers=config.grpc_workers,

@@ -7,7 +7,9 @@ Each RPC of the service descriptor gets a handler that
 * turns domain errors into their status code (``status.py``) and any other
   exception into ``INTERNAL`` with the error logged — never ``UNKNOWN``,
   never a traceback to the caller;
-* logs one debug line per call: method, key ids, duration, status code.
+* logs one debug line per call: method, key ids, duration, status code;
+* reports each call's duration and status code to the metrics, when the
+  daemon has them (``--metrics-address``; :mod:`rktlet.metrics.rpc`).
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ def request_ids(request: Message) -> str:
 
 
 class _CallLog:
-    """Times one call, maps its failure to a status, and logs it."""
+    """Times one call, maps its failure to a status, logs it and reports it
+    to *metrics* (``observe(method, code, seconds)``) when there are any."""
 
-    def __init__(self, method: str, request: Message) -> None:
+    def __init__(self, method: str, request: Message, metrics: Any = None) -> None:
         self.method = method
         self.request = request
+        self.metrics = metrics
         self.started = time.monotonic()
         self.code = grpc.StatusCode.OK
 
@@ -70,6 +74,8 @@ class _CallLog:
         context.abort(code, message)  # raises
 
     def done(self) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(self.method, self.code.name, time.monotonic() - self.started)
         if not logs.debug_enabled():
             return  # every call ends here: build nothing that is not written
         log.debug(
@@ -88,9 +94,9 @@ def _unimplemented(full_name: str) -> Callable[..., Any]:
     return rpc
 
 
-def _unary_handler(full_name: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+def _unary_handler(full_name: str, impl: Callable[..., Any], metrics: Any = None) -> Callable[..., Any]:
     def handle(request: Message, context: grpc.ServicerContext) -> Any:
-        call = _CallLog(full_name, request)
+        call = _CallLog(full_name, request, metrics)
         try:
             return impl(request, context)
         except Exception as e:
@@ -101,9 +107,9 @@ def _unary_handler(full_name: str, impl: Callable[..., Any]) -> Callable[..., An
     return handle
 
 
-def _stream_handler(full_name: str, impl: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+def _stream_handler(full_name: str, impl: Callable[..., Any], metrics: Any = None) -> Callable[..., Iterator[Any]]:
     def handle(request: Message, context: grpc.ServicerContext) -> Iterator[Any]:
-        call = _CallLog(full_name, request)
+        call = _CallLog(full_name, request, metrics)
         try:
             yield from impl(request, context)
         except Exception as e:
@@ -119,13 +125,17 @@ def method_full_name(method: MethodDescriptor) -> str:
     return f"{method.containing_service.full_name}/{method.name}"
 
 
-def generic_handler(service: ServiceDescriptor, implementation: object, messages: Any) -> grpc.GenericRpcHandler:
+def generic_handler(
+    service: ServiceDescriptor, implementation: object, messages: Any, metrics: Any = None
+) -> grpc.GenericRpcHandler:
     """A gRPC handler serving every RPC of *service* from *implementation*.
 
     :param implementation: an object with a method per implemented RPC,
         named as in the proto (``Version(request, context)``); streaming
         RPCs return an iterator of responses.
     :param messages: the generated messages module (``api_pb2``).
+    :param metrics: where each call's duration and status code are
+        reported (:class:`rktlet.metrics.rpc.RpcMetrics`), or ``None``.
     """
     handlers = {}
     for method in service.methods:
@@ -135,10 +145,10 @@ def generic_handler(service: ServiceDescriptor, implementation: object, messages
         response_cls = getattr(messages, method.output_type.name)
         if method.server_streaming:
             factory = grpc.unary_stream_rpc_method_handler
-            behaviour = _stream_handler(full_name, impl)
+            behaviour = _stream_handler(full_name, impl, metrics)
         else:
             factory = grpc.unary_unary_rpc_method_handler
-            behaviour = _unary_handler(full_name, impl)
+            behaviour = _unary_handler(full_name, impl, metrics)
         handlers[method.name] = factory(
             behaviour,
             request_deserializer=request_cls.FromString,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.task import LoopingCall
@@ -122,6 +122,20 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
+class PullReports(Protocol):
+    """Where the image manager reports what metrics count
+    (``rktlet.metrics.images.ImageMetrics``)."""
+
+    def pull_started(self) -> None:
+        """A pull began (one per image, however many callers wait for it)."""
+
+    def pull_ended(self, seconds: float, error: BaseException | None = None) -> None:
+        """A pull ended after *seconds*: successfully, or with *error*."""
+
+    def bytes_fetched(self, count: int) -> None:
+        """*count* more bytes of a layer blob arrived."""
+
+
 class ImageManager:
     """The image side of the runtime.
 
@@ -172,6 +186,8 @@ class ImageManager:
         self._unpacks: dict[str, list[Any]] = {}
         # Writes of the image records, one at a time (see _save_records).
         self._records_lock = DeferredLock()
+        #: Where pulls are reported (rktlet.metrics.images.ImageMetrics), or None.
+        self.metrics: PullReports | None = None
 
     def keep_layers_used_by(self, user: Callable[[], Iterable[str]]) -> None:
         """Garbage collection and image removal keep the layers (chain ids)
@@ -285,20 +301,31 @@ class ImageManager:
         reporter.clock = self._reactor
         reporter.start(PROGRESS_LOG_INTERVAL, now=False)
         started = self._reactor.seconds()
+        if self.metrics is not None:
+            self.metrics.pull_started()
+        error: BaseException | None = None
         try:
             record = await work
         except CancelledError:
             if stalled:
                 log.error("{message}", message=stalled[0])
-                raise DeadlineExceeded(stalled[0]) from None
+                error = DeadlineExceeded(stalled[0])
+                raise error from None
+            error = CancelledError()
             raise
         except RktletError as e:
+            error = e
             log.error("pull of {image} failed: {error}", image=key, error=str(e))
+            raise
+        except BaseException as e:
+            error = e
             raise
         finally:
             watchdog.stop()
             reporter.stop()
             del self._progress[key]
+            if self.metrics is not None:
+                self.metrics.pull_ended(self._reactor.seconds() - started, error)
         log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
                  image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
@@ -527,9 +554,20 @@ class ImageManager:
             await self._downloads.acquire()
             try:
                 self._set_layer(chain_id, "downloading")
+                fetched = [0]  # bytes of this blob reported to the metrics
+
+                def progress(done: int, total: int) -> None:
+                    if self.metrics is not None:
+                        if done < fetched[0]:
+                            fetched[0] = 0  # fetched again (another mirror): those bytes came too
+                        if done > fetched[0]:
+                            self.metrics.bytes_fetched(done - fetched[0])
+                            fetched[0] = done
+                    self._download_progress(chain_id, done)
+
                 await self._registry.get_blob(
                     ref, layer.digest, blob, credentials,
-                    progress=lambda done, total: self._download_progress(chain_id, done),
+                    progress=progress,
                     expected_size=layer.size,
                 )  # fmt: skip
             finally:

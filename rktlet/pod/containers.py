@@ -32,7 +32,7 @@ from rktlet.oci.spec import HostInfo, build_spec, linux_resources
 from rktlet.pod import ids, recovery
 from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
-from rktlet.pod.drivers import Host, ImageLookup, Monitor, MonitorDriver, Runtime
+from rktlet.pod.drivers import ContainerReports, Host, ImageLookup, Monitor, MonitorDriver, Runtime
 from rktlet.pod.events import EventHub
 from rktlet.pod.records import Records
 from rktlet.pod.sandbox import MODE_NODE, READY, Sandbox
@@ -125,6 +125,9 @@ class ContainerManager:
         self._host_info = HostInfo.probe()  # what the spec builder needs to know of this host, read once
         # NRI: the plugin runtime, or None (no NRI).
         self.nri: NRI | None = None
+        # Where exits and re-adoptions are reported
+        # (rktlet.metrics.pods.ContainerMetrics), or None (no metrics).
+        self.metrics: ContainerReports | None = None
         # Start-up recovery (rktlet.pod.recovery): CREATED records to check
         # against the runtime, ids that have files but no record.
         self._unreconciled: list[Container] = []
@@ -188,11 +191,15 @@ class ContainerManager:
                 self._release_soon(c)
                 continue
             if conmon.leftover_pid(c.id, c.bundle) is None:
+                if self.metrics is not None:
+                    self.metrics.monitor_lost()
                 self._record_exit(c, 255, self._now_ns(), False, message="conmon vanished while rktlet was down")
                 self._release_soon(c)
                 continue
             monitor = conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid)
             self._watch(c, monitor)
+            if self.metrics is not None:
+                self.metrics.monitor_readopted()
             log.info("re-adopted running container {id} (conmon pid {pid})", id=c.id, pid=c.conmon_pid)
         for c in self.containers.values():
             self.snapshots.publish(c)
@@ -261,6 +268,8 @@ class ContainerManager:
             c.state = RUNNING
             self._commit(c)
             self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
+            if self.metrics is not None:
+                self.metrics.monitor_readopted()
             log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
                      "{pid} re-adopted", id=c.id, pid=conmon_pid)
             self._publish(event_kinds.STARTED, c)
@@ -561,6 +570,8 @@ class ContainerManager:
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = self._now_ns()
                 self._commit(c)
+                if self.metrics is not None:
+                    self.metrics.exited(c.reason)
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
                     # container's config is at fault, not the runtime.
@@ -641,6 +652,8 @@ class ContainerManager:
         except OSError as e:  # learnt from a monitor: nobody to answer; the next commit writes it all
             log.error("persisting the exit of container {id} failed: {error}", id=c.id, error=e)
         log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
+        if self.metrics is not None:
+            self.metrics.exited(c.reason)
         self._publish(event_kinds.STOPPED, c)
         if self.nri is not None and (sb := self._sandboxes.find(c.sandbox_id)) is not None:
             self.nri.notify(self.nri.stop_container(sb, c))  # NRI hook: asked to stop or not

@@ -366,3 +366,17 @@ class Host(Protocol):
 
     def infra_alive(self, process: InfraProcess) -> bool:
         """Blocking (one /proc read): whether that very process still runs."""
+
+
+class ContainerReports(Protocol):
+    """Where the container manager reports what metrics count
+    (``rktlet.metrics.pods.ContainerMetrics``)."""
+
+    def exited(self, reason: str) -> None:
+        """A container exited with *reason* (``Completed``, ``Error`` ...)."""
+
+    def monitor_readopted(self) -> None:
+        """A running container's monitor was adopted again at start-up."""
+
+    def monitor_lost(self) -> None:
+        """A running container's monitor was found gone at start-up."""

@@ -9,20 +9,25 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "rktlet"
 
 # For each layer, the rktlet layers it must not import.
+# metrics sits beside tap: the layers it measures are handed its objects
+# and never import it; it reads their snapshots and never the other way.
 FORBIDDEN = {
-    "pod": {"cri", "stream", "tap"},
-    "oci": {"cri", "stream", "pod", "tap", "network", "image", "nri"},
-    "network": {"cri", "stream", "pod", "tap", "oci", "image", "nri"},
-    "image": {"cri", "stream", "pod", "tap", "oci", "network", "nri"},
-    "nri": {"cri", "stream", "pod", "tap", "oci", "network", "image"},
-    "stream": {"cri", "tap", "nri"},
-    "cri": {"stream", "tap", "nri"},
+    "pod": {"cri", "stream", "tap", "metrics"},
+    "oci": {"cri", "stream", "pod", "tap", "network", "image", "nri", "metrics"},
+    "network": {"cri", "stream", "pod", "tap", "oci", "image", "nri", "metrics"},
+    "image": {"cri", "stream", "pod", "tap", "oci", "network", "nri", "metrics"},
+    "nri": {"cri", "stream", "pod", "tap", "oci", "network", "image", "metrics"},
+    "stream": {"cri", "tap", "nri", "metrics"},
+    "cri": {"stream", "tap", "nri", "metrics"},
+    "metrics": {"cri", "tap", "nri", "oci", "network", "image", "stream"},
     # The start-up checks look at the drivers' programs and the host, never at the engine or the servers.
-    "preflight": {"cri", "stream", "pod", "tap", "nri", "image"},
+    "preflight": {"cri", "stream", "pod", "tap", "nri", "image", "metrics"},
 }
 # The CRI RPCs that prepare streaming sessions build the session requests
 # the streaming server defines: that one module of types is shared.
-ALLOWED = {("cri", "rktlet.stream.session")}
+# The metrics endpoint is served by the streaming server's hardened HTTP
+# site (no request bodies, bounded heads).
+ALLOWED = {("cri", "rktlet.stream.session"), ("metrics", "rktlet.stream.httpchannel")}
 
 
 def imported_layers(path: pathlib.Path, layer: str = "") -> set[str]:
