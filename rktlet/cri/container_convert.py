@@ -8,7 +8,8 @@ import os
 import re
 
 from rktlet.cri.proto import known, pb
-from rktlet.errors import InvalidArgument, Unimplemented
+from rktlet.errors import InvalidArgument
+from rktlet.oci import image_volumes
 from rktlet.oci.container_config import ContainerConfig, Device, Mount, Profile, Resources, Security
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 
@@ -62,6 +63,26 @@ def resources(r: pb.LinuxContainerResources, field: str = "resources") -> Resour
     )
 
 
+def _image_volume(m: pb.Mount, field: str) -> tuple[str, str]:
+    """An image volume's image and sub path, checked as containerd does
+    (``("", "")`` for a host path mount): no host path, read-only, a sub
+    path relative to the image's root."""
+    if not (m.HasField("image") and (m.image.image or not m.host_path)):
+        if m.image_sub_path:
+            raise InvalidArgument(f"{field}.image_sub_path is for image volumes: {field}.image is not set")
+        return "", ""
+    if not m.image.image:
+        raise InvalidArgument(f"{field}.image.image is required (or a host_path instead of an image)")
+    if m.host_path:
+        raise InvalidArgument(f"{field}.host_path must be empty for an image volume ({field}.image is "
+                              f"{m.image.image!r})")
+    if not m.readonly:
+        # The KEP: image volumes are read-only; containerd refuses a request
+        # that says otherwise rather than mounting it read-only silently.
+        raise InvalidArgument(f"{field}.readonly must be true: image volume {m.image.image!r} is read-only")
+    return m.image.image, image_volumes.check_sub_path(m.image_sub_path, f"{field}.image_sub_path")
+
+
 def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfig, str]:
     """Validate a CreateContainer request; returns the config and the log
     path, relative to the pod's log directory ('' for none)."""
@@ -84,17 +105,16 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
     for i, m in enumerate(c.mounts):
         if not m.container_path or not os.path.isabs(m.container_path):
             raise InvalidArgument(f"config.mounts[{i}].container_path {m.container_path!r} must be an absolute path")
-        if m.HasField("image") and m.image.image:
-            # UNIMPLEMENTED, so that clients (critest, the kubelet) know the
-            # feature is missing rather than the request wrong.
-            raise Unimplemented(f"config.mounts[{i}].image: image volumes are not supported yet")
+        image, sub_path = _image_volume(m, f"config.mounts[{i}]")
         propagation = known(_PROPAGATION, m.propagation, f"config.mounts[{i}].propagation", pb.MountPropagation)
         if m.recursive_read_only and not m.readonly:
             raise InvalidArgument(f"config.mounts[{i}].recursive_read_only needs readonly: true")
         if m.recursive_read_only and propagation != "private":
             raise InvalidArgument(f"config.mounts[{i}].recursive_read_only needs PROPAGATION_PRIVATE, "
                                   f"not {pb.MountPropagation.Name(m.propagation)}")
-        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation, m.recursive_read_only))
+        mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation, m.recursive_read_only,
+                            image=image, image_sub_path=sub_path,
+                            user_specified_image=m.image.user_specified_image if image else ""))
     devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
     sc = c.linux.security_context
     security = Security(
@@ -214,6 +234,23 @@ class SummaryCache:
         return out
 
 
+def _mount_status(m: dict) -> pb.Mount:
+    """A recorded mount as ContainerStatus reports it. An image volume
+    names its image by id, in ``image.image`` (the kubelet's image garbage
+    collection keeps the images it finds there) and ``image.image_ref``
+    (the image's digest, as PullImage answered it), and its mount point as
+    ``host_path``."""
+    out = pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
+                   propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE),
+                   recursive_read_only=bool(m.get("recursive_read_only")))
+    if m.get("image_ref"):
+        out.image.image = m["image_ref"]
+        out.image.image_ref = m["image_ref"]
+        out.image.user_specified_image = m.get("user_specified_image", "")
+        out.image_sub_path = m.get("image_sub_path", "")
+    return out
+
+
 def container_status(c: Container) -> pb.ContainerStatus:
     """A record as ContainerStatus reports it (labels and annotations
     exactly as given: the kubelet reads its own keys back)."""
@@ -222,9 +259,7 @@ def container_status(c: Container) -> pb.ContainerStatus:
         started_at=c.started_at, finished_at=c.finished_at, exit_code=c.exit_code,
         image=_image_spec(c), image_ref=_image_ref(c), image_id=c.image_ref,
         reason=c.reason, message=c.message, labels=c.labels, annotations=c.annotations, log_path=c.log_path,
-        mounts=[pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
-                         propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE),
-                         recursive_read_only=bool(m.get("recursive_read_only"))) for m in c.mounts],
+        mounts=[_mount_status(m) for m in c.mounts],
     )
     r = c.resources
     linux = status.resources.linux

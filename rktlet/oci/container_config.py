@@ -49,6 +49,12 @@ class Mount:
     :ivar recursive_read_only: read-only all the way down: mounts under
         *host_path* too (runc's ``rro``; needs *readonly* and private
         propagation).
+    :ivar image: an image volume (the CRI's ``Mount.image``): the image
+        (id or reference) whose file system is mounted, read-only; the pod
+        engine mounts it and sets *host_path* to it before the spec is built.
+    :ivar image_sub_path: a directory of that image to mount instead of its
+        root (checked: relative, not above the root).
+    :ivar user_specified_image: the image as the pod's author wrote it.
     """
 
     container_path: str
@@ -56,6 +62,9 @@ class Mount:
     readonly: bool = False
     propagation: str = "private"
     recursive_read_only: bool = False
+    image: str = ""
+    image_sub_path: str = ""
+    user_specified_image: str = ""
 
 
 @dataclass(frozen=True)

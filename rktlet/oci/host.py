@@ -51,6 +51,10 @@ class RealHost:
         """Blocking: an overlay of *lowers* (top first), *upper* and *work* on *target*."""
         mounts.mount("overlay", target, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
 
+    def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
+        """Blocking: see :func:`rktlet.oci.mounts.mount_readonly_overlay`."""
+        mounts.mount_readonly_overlay(target, lowers)
+
     def mount_shm(self, target: str, size_bytes: int) -> None:
         """Blocking: see :func:`rktlet.oci.mounts.mount_shm`."""
         mounts.mount_shm(target, size_bytes)

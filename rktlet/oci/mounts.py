@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Sequence
 
 from rktlet.fsutil import PRIVATE_DIR, make_dir
 
@@ -13,6 +14,7 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
+MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
@@ -44,3 +46,13 @@ def mount_shm(target: str, size_bytes: int) -> None:
     if not os.path.ismount(target):  # never narrow the tmpfs's own 1777 root
         make_dir(target, PRIVATE_DIR)
     mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={size_bytes}")
+
+
+def mount_readonly_overlay(target: str, lowers: Sequence[str]) -> None:
+    """An overlay of *lowers* (top first) without an upper dir: read-only by
+    its nature (and mounted ``MS_RDONLY`` too). overlayfs needs at least two
+    lower dirs then; fewer is EINVAL, as the kernel would answer."""
+    if len(lowers) < 2:
+        raise OSError(EINVAL, f"mount overlay on {target}: a read-only overlay needs two lower dirs, "
+                              f"got {len(lowers)}")
+    mount("overlay", target, "overlay", MS_RDONLY, f"lowerdir={':'.join(lowers)}")

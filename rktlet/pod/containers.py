@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
@@ -25,8 +26,9 @@ from rktlet import debugpoints, logs
 from rktlet.deferutil import Shared
 from rktlet.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, RktletError, RuntimeFailure
 from rktlet.fsutil import PRIVATE_DIR, PRIVATE_FILE, make_dir, set_mode, write_json_atomic
-from rktlet.oci import users
-from rktlet.oci.container_config import ContainerConfig, ImageDefaults, PodContext, Resources
+from rktlet.image.store import ImageRecord
+from rktlet.oci import image_volumes, users
+from rktlet.oci.container_config import ContainerConfig, ImageDefaults, Mount, PodContext, Resources
 from rktlet.oci.exec import RUNC_EXEC_FAILED
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
 from rktlet.pod import ids, recovery
@@ -65,6 +67,23 @@ def _own_oom_score_adj() -> int:
 
 #: runc update's words when the kernel refused a value of the request.
 _REFUSED_VALUE = ("unable to set memory limit", ": invalid argument", ": device or resource busy")
+
+
+def _chains_of(c: Container) -> list[str]:
+    """The image layers *c* uses: its root file system's, its image volumes'."""
+    return list(c.chain_ids) + [chain for m in c.mounts for chain in m.get("image_chain_ids", ())]
+
+
+def _mount_record(m: Mount, volume: ImageRecord | None) -> dict[str, Any]:
+    """A config mount as the record keeps it; an image volume's with its
+    image (id, layers), its sub path, and (once mounted) its mount point as
+    host path."""
+    out: dict[str, Any] = {"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
+                           "propagation": m.propagation, "recursive_read_only": m.recursive_read_only}
+    if volume is not None:
+        out.update(image=m.image, image_ref=volume.id, user_specified_image=m.user_specified_image,
+                   image_sub_path=m.image_sub_path, image_chain_ids=list(volume.chain_ids))
+    return out
 
 
 class ContainerManager:
@@ -294,8 +313,9 @@ class ContainerManager:
         self._released.add(c.id)
 
     def layers_in_use(self) -> list[str]:
-        """The image layers containers use (kept by image garbage collection)."""
-        in_use = [chain for c in self.containers.values() for chain in c.chain_ids]
+        """The image layers containers use, as their root file systems and
+        image volumes (kept by image garbage collection)."""
+        in_use = [chain for c in self.containers.values() for chain in _chains_of(c)]
         return in_use + [chain for chains in self._removing.values() for chain in chains]
 
     def _publish(self, kind: str, c: Container) -> None:
@@ -392,6 +412,7 @@ class ContainerManager:
         record = self._images.find(image)
         if record is None:
             raise NotFound(f"image {image!r} not found: pull it first")
+        volumes = self._find_image_volumes(config)
         image_config = self._images.config(record)
         image_defaults = ImageDefaults(
             entrypoint=image_config.entrypoint, cmd=image_config.cmd, env=image_config.env,
@@ -406,9 +427,7 @@ class ContainerManager:
             labels=dict(labels), annotations=dict(annotations),
             # conmon needs a log; without one from the kubelet it goes beside the writable layer.
             log_path=full_log_path or os.path.join(self._layers, container_id, "container.log"),
-            mounts=[{"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
-                     "propagation": m.propagation, "recursive_read_only": m.recursive_read_only}
-                    for m in config.mounts],
+            mounts=[_mount_record(m, volumes.get(i)) for i, m in enumerate(config.mounts)],
             bundle=os.path.join(self._bundles, container_id), layer_dir=os.path.join(self._layers, container_id),
             chain_ids=list(record.chain_ids), tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
             stop_signal=stop_signal or image_config.stop_signal or "SIGTERM",
@@ -420,11 +439,14 @@ class ContainerManager:
         if self.nri is not None:
             self._nri_hidden.add(container_id)
         self.records.add(c)
-        lowers = [self._images.store.layer_diff_dir(chain) for chain in reversed(record.chain_ids)]
+        lowers = self._lowers(record)
         try:
-            spec, notes, user = await self._in_thread(
-                self._prepare_bundle, c, lowers, config, image_defaults, self._pod_context(sb)
+            volume_lowers = {i: self._lowers(v) for i, v in volumes.items()}
+            spec, notes, user, sources = await self._in_thread(
+                self._prepare_bundle, c, lowers, config, image_defaults, self._pod_context(sb), volume_lowers
             )
+            for i, source in sources.items():
+                c.mounts[i]["host_path"] = source
             for note in notes:
                 log.info("container {name} in pod {pod}: {note}", name=config.name, pod=sb.id, note=note)
             c.user = {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids),
@@ -452,6 +474,27 @@ class ContainerManager:
             self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
         return c
 
+    def _lowers(self, record: ImageRecord) -> list[str]:
+        """An image's layer dirs as overlay lower dirs (top first)."""
+        return [self._images.store.layer_diff_dir(chain) for chain in reversed(record.chain_ids)]
+
+    def _find_image_volumes(self, config: ContainerConfig) -> dict[int, ImageRecord]:
+        """The images of the config's image volumes, by mount index; the
+        kubelet pulls them first (PullImage), as it does the container's.
+
+        :raises NotFound: an image that is not here, naming the mount.
+        """
+        found = {}
+        for i, m in enumerate(config.mounts):
+            if not m.image:
+                continue
+            record = self._images.find(m.image)
+            if record is None:
+                raise NotFound(f"config.mounts[{i}].image: image {m.image!r} of the image volume at "
+                               f"{m.container_path} not found: pull it first")
+            found[i] = record
+        return found
+
     def _nri_agreed(self, c: Container) -> None:
         """NRI plugins agreed to *c*: it becomes visible."""
         self._nri_hidden.discard(c.id)
@@ -472,9 +515,13 @@ class ContainerManager:
         set_mode(os.path.join(c.bundle, "config.json"), PRIVATE_FILE)
 
     def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
-                        pod: PodContext) -> tuple[dict[str, Any], list[str], users.ResolvedUser]:
+                        pod: PodContext, volume_lowers: dict[int, list[str]] | None = None,
+                        ) -> tuple[dict[str, Any], list[str], users.ResolvedUser, dict[int, str]]:
         """Blocking (a worker thread): the writable layer, the overlay root,
-        the user, the runtime spec written as the bundle's config.json."""
+        the image volumes (*volume_lowers*: mount index → the image's layer
+        dirs), the user, the runtime spec written as the bundle's config.json.
+        Returns the spec, notes on it, the user and each image volume's
+        host path (mount index → the mounted image or its sub path)."""
         upper, work = os.path.join(c.layer_dir, "upper"), os.path.join(c.layer_dir, "work")
         rootfs = os.path.join(c.bundle, "rootfs")
         make_dir(c.layer_dir, PRIVATE_DIR)
@@ -495,14 +542,44 @@ class ContainerManager:
         # in-memory one) leaves the mount point empty: there, no file names
         # a user and only root or numeric users resolve, which is what an
         # image without those files gives on the real host too.
+        sources: dict[int, str] = {}
+        if volume_lowers:
+            config, sources = self._mount_image_volumes(c.bundle, config, volume_lowers)
         user = users.resolve_user(rootfs, image.user, config.security)
         spec, notes = build_spec(c.id, config, image, pod, rootfs, user, self._daemon_oom, self._host_info)
         # The spec holds the container's environment (secrets): root only.
         write_json_atomic(os.path.join(c.bundle, "config.json"), spec, mode=PRIVATE_FILE)
-        return spec, notes, user
+        return spec, notes, user, sources
+
+    def _mount_image_volumes(self, bundle: str, config: ContainerConfig, volume_lowers: dict[int, list[str]],
+                             ) -> tuple[ContainerConfig, dict[int, str]]:
+        """Blocking: mount each image volume of the bundle (a read-only
+        overlay of the image's layers, over an empty dir: see
+        :mod:`rktlet.oci.image_volumes`) and resolve its sub path in it;
+        returns *config* with each volume's mount bound from there, and
+        those host paths by mount index. What is mounted stays on failure:
+        :meth:`_remove_files` unmounts it."""
+        empty = os.path.join(image_volumes.volumes_dir(bundle), image_volumes.EMPTY_LOWER)
+        make_dir(image_volumes.volumes_dir(bundle), PRIVATE_DIR)
+        make_dir(empty, PRIVATE_DIR)
+        mounts = list(config.mounts)
+        sources = {}
+        for i, lowers in sorted(volume_lowers.items()):
+            m = mounts[i]
+            target = image_volumes.mount_point(bundle, i)
+            if not self._host.is_mounted(target):
+                make_dir(target, PRIVATE_DIR)  # covered by the overlay's root, the image's own
+                self._host.mount_readonly_overlay(target, lowers + [empty])
+            source = image_volumes.resolve_sub_path(target, m.image_sub_path, f"config.mounts[{i}].image_sub_path")
+            mounts[i] = replace(m, host_path=source, readonly=True)
+            sources[i] = source
+        return replace(config, mounts=tuple(mounts)), sources
 
     def _remove_files(self, bundle: str, layer_dir: str) -> None:
-        """Blocking, idempotent: unmount the root, remove bundle and writable layer."""
+        """Blocking, idempotent: unmount the image volumes and the root,
+        remove bundle and writable layer."""
+        for target in image_volumes.mount_points(bundle):
+            self._host.unmount(target)
         self._host.unmount(os.path.join(bundle, "rootfs"))
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.rmtree(layer_dir, ignore_errors=True)
@@ -744,7 +821,7 @@ class ContainerManager:
         failed —, remove its files in a thread: conmon's files, the root
         filesystem mount, bundle and writable layer. Its image layers count
         as in use until then (they are the overlay's lowers)."""
-        self._removing[c.id] = list(c.chain_ids)
+        self._removing[c.id] = _chains_of(c)
 
         def remove() -> None:
             conmon.cleanup(conmon.paths(c.id, c.bundle))

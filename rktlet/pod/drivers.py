@@ -279,6 +279,14 @@ class Host(Protocol):
         :raises OSError: naming the target.
         """
 
+    def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
+        """Blocking: a read-only overlay of *lowers* alone (top first; at
+        least two, as overlayfs wants without an upper dir) on *target* (a
+        directory that exists).
+
+        :raises OSError: naming the target (EINVAL for fewer than two lowers).
+        """
+
     def mount_shm(self, target: str, size_bytes: int) -> None:
         """Blocking: a pod's /dev/shm, a size-limited tmpfs (mode 1777) at
         *target*, made if missing (its parent must exist).

@@ -30,9 +30,9 @@ Container records (``ContainerManager.load`` / ``reconcile``), rule by state
      - created (cut short before ``runc start``): conmon killed, the
        container deleted from the runtime, conmon's files removed: it is
        CREATED again and StartContainer works;
-     - absent: CREATED when the bundle is whole (root filesystem mounted,
-       ``config.json`` there); otherwise (a reboot emptied the run dir) EXITED
-       255, saying the bundle was lost.
+     - absent: CREATED when the bundle is whole (root filesystem and image
+       volumes mounted, ``config.json`` there); otherwise (a reboot emptied
+       the run dir) EXITED 255, saying the bundle was lost.
   6. EXITED: nothing; RemoveContainer deletes what is left of it.
 
 Parts without a record (:func:`orphan_ids`)
@@ -40,9 +40,10 @@ Parts without a record (:func:`orphan_ids`)
      state of an id no record names (CreateContainer cut short before its
      record was saved, or RemoveContainer after its record was deleted) is
      removed: its conmon killed, the container deleted from the runtime, the
-     root filesystem unmounted, the directories and files removed.
-     (RemoveContainer deletes the record first and removes the files after
-     answering: a crash in between is this rule's to finish.)
+     root filesystem and image volumes unmounted (every mount point found in
+     the bundle), the directories and files removed. (RemoveContainer
+     deletes the record first and removes the files after answering: a
+     crash in between is this rule's to finish.)
 
 The crash tests (``tests/integration/test_crash_recovery.py``) kill the
 daemon at each step named in :mod:`rktlet.debugpoints` and check these rules.
@@ -54,6 +55,8 @@ import os
 import re
 from datetime import datetime
 from typing import Callable
+
+from rktlet.oci import image_volumes
 
 __all__ = ["ADOPT", "EXITED", "KEEP", "LOST", "UNDO_START", "created_outcome", "orphan_ids", "runc_created_ns"]
 
@@ -81,10 +84,11 @@ def created_outcome(runtime_status: str | None, conmon_alive: bool, bundle_whole
 
 
 def bundle_whole(bundle: str, is_mounted: Callable[[str], bool] = os.path.ismount) -> bool:
-    """Blocking: whether a bundle can be started: its root filesystem is
-    mounted (as *is_mounted* tells: the host driver's ``is_mounted``) and
-    its runtime spec is there."""
-    return is_mounted(os.path.join(bundle, "rootfs")) and os.path.isfile(os.path.join(bundle, "config.json"))
+    """Blocking: whether a bundle can be started: its root filesystem and
+    image volumes are mounted (as *is_mounted* tells: the host driver's
+    ``is_mounted``) and its runtime spec is there."""
+    mounted = [os.path.join(bundle, "rootfs")] + image_volumes.mount_points(bundle)
+    return all(is_mounted(p) for p in mounted) and os.path.isfile(os.path.join(bundle, "config.json"))
 
 
 def orphan_ids(places: list[str], known: set[str]) -> set[str]:

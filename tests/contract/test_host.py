@@ -97,6 +97,20 @@ def test_overlay_mount(world):
     assert not world.host.is_mounted(dirs["rootfs"])
 
 
+def test_readonly_overlay_mount_needs_two_lowers(world):
+    dirs = {n: os.path.join(world.base, n) for n in ("lower1", "lower2", "volume")}
+    for d in dirs.values():
+        os.mkdir(d)
+    with pytest.raises(OSError) as e:
+        world.host.mount_readonly_overlay(dirs["volume"], [dirs["lower1"]])
+    assert e.value.errno == 22 and dirs["volume"] in str(e.value)
+    assert not world.host.is_mounted(dirs["volume"])
+    world.host.mount_readonly_overlay(dirs["volume"], [dirs["lower2"], dirs["lower1"]])
+    assert world.host.is_mounted(dirs["volume"])
+    world.host.unmount(dirs["volume"])
+    assert not world.host.is_mounted(dirs["volume"])
+
+
 def test_cgroups_ensure_is_idempotent_and_remove_too(world):
     pod = world.cgroup + "/pod"
     created = world.host.ensure_cgroup(pod)

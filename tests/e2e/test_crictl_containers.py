@@ -55,3 +55,36 @@ def test_pod_with_two_containers(crictl, daemon, test_network, pushed_images, tm
     assert crictl.json("inspect", ids[1])["status"]["state"] == "CONTAINER_EXITED"
     crictl.run("rmp", pod_id)
     assert crictl.json("ps", "-a")["containers"] == []
+
+
+def test_image_volume_with_crictl(crictl, daemon, test_network, pushed_images, tmp_path):
+    """A container config file with an image volume, as crictl users write
+    it: the image mounted read-only, by sub path, shown by inspect."""
+    image, data = pushed_images["busybox"].ref, pushed_images["multi-layer"].ref
+    crictl.run("pull", image)
+    crictl.run("pull", data)
+    data_id = crictl.json("inspecti", data)["status"]["id"]
+    pod = {"metadata": {"name": "vol", "namespace": "default", "uid": "vol-uid", "attempt": 1},
+           "log_directory": str(tmp_path / "logs")}
+    pod_path = tmp_path / "pod.json"
+    pod_path.write_text(json.dumps(pod))
+    pod_id = crictl.run("runp", str(pod_path)).stdout.strip()
+    config = {"metadata": {"name": "reader"}, "image": {"image": image}, "command": ["sleep", "300"],
+              "mounts": [{"container_path": "/data", "readonly": True, "image": {"image": data},
+                          "image_sub_path": "data"}]}
+    path = tmp_path / "reader.json"
+    path.write_text(json.dumps(config))
+    cid = crictl.run("create", pod_id, str(path), str(pod_path)).stdout.strip()
+    crictl.run("start", cid)
+    wait_state(crictl, cid, "CONTAINER_RUNNING")
+    assert crictl.run("exec", "-s", cid, "cat", "/data/keep.txt").stdout.split() == ["keep"]
+    assert crictl.run("exec", "-s", cid, "touch", "/data/x", check=False).returncode != 0
+    (mount,) = crictl.json("inspect", cid)["status"]["mounts"]
+    assert mount["image"]["image"] == data_id and mount["imageSubPath"] == "data" and mount["readonly"]
+    rw = dict(config, metadata={"name": "writer"}, mounts=[dict(config["mounts"][0], readonly=False)])
+    path.write_text(json.dumps(rw))
+    refused = crictl.run("create", pod_id, str(path), str(pod_path), check=False)
+    assert refused.returncode != 0 and "readonly must be true" in refused.stderr
+    crictl.run("stopp", pod_id)
+    crictl.run("rmp", pod_id)
+    assert crictl.json("ps", "-a")["containers"] == []

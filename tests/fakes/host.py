@@ -67,6 +67,13 @@ class FakeHost:
         """Record an overlay on *target*."""
         self._mount(target, "overlay", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
 
+    def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
+        """Record a read-only overlay on *target*; fewer than two lowers is
+        EINVAL, as on the real host."""
+        if len(lowers) < 2:
+            raise OSError(22, f"mount overlay on {target}: fake host: a read-only overlay needs two lower dirs")
+        self._mount(target, "overlay", f"lowerdir={':'.join(lowers)}")
+
     def mount_shm(self, target: str, size_bytes: int) -> None:
         """Record a tmpfs on *target*."""
         self._mount(target, "tmpfs", f"mode=1777,size={size_bytes}")

@@ -192,6 +192,37 @@ def test_crash_after_the_record_is_saved_leaves_a_container_that_starts(crashing
     c.assert_nothing_left(cid)
 
 
+def with_image_volume(c: Crashing) -> pb.ContainerConfig:
+    """The container, with the busybox image mounted at /mnt/image as well."""
+    config = c.container()
+    config.mounts.append(pb.Mount(container_path="/mnt/image", readonly=True, image=pb.ImageSpec(image=c.image)))
+    return config
+
+
+def test_crash_with_an_image_volume_mounted_leaves_nothing(crashing):
+    c = crashing.start(points.CONTAINER_CREATE_BUNDLE_MADE)
+    pod_id = run_pod(c.d, c.pod)
+    c.crash(lambda: create(c.d, pod_id, c.pod, with_image_volume(c)))
+    cid = only_container_id(c)
+    assert c.mounts("/volumes/"), "the crash left the image volume mounted (else this test proves nothing)"
+    c.restart()
+    wait_until(lambda: not c.mounts("/containers/") and not c.containers_dirs(), "the half-made container swept away")
+    c.assert_nothing_left(cid)
+
+
+def test_crash_after_a_record_with_an_image_volume_leaves_a_container_that_starts(crashing):
+    c = crashing.start(points.CONTAINER_CREATE_SAVED)
+    pod_id = run_pod(c.d, c.pod)
+    c.crash(lambda: create(c.d, pod_id, c.pod, with_image_volume(c)))
+    cid = only_container_id(c)
+    c.restart()
+    assert state_of(c, cid) == pb.CONTAINER_CREATED
+    start(c.d, cid)
+    r = c.d.runtime().ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["ls", "/mnt/image/bin"], timeout=10), timeout=30)
+    assert b"busybox" in r.stdout
+    c.assert_nothing_left(cid)
+
+
 def test_crash_before_runc_start_undoes_the_start(crashing):
     c = crashing
     _, cid = c.with_container(points.CONTAINER_START_RUNC_CREATED)

@@ -196,3 +196,25 @@ def test_resource_limits_in_cgroupfs(env):
     cs = pod["status"]["containerStatuses"][0]
     if "resources" in cs:
         assert cs["resources"]["limits"]["memory"] == "64Mi", cs["resources"]
+
+
+def test_image_volume(env):
+    """6. An ``image`` volume (KEP-4639): the kubelet pulls the image and
+    mounts it read-only, whole and by subPath; the pod's removal leaves no
+    mount behind."""
+    env.kubelet.write_manifest("imgvol", {
+        "volumes": [{"name": "site", "image": {"reference": WEB, "pullPolicy": "IfNotPresent"}}],
+        "containers": [container("c", volumeMounts=[{"name": "site", "mountPath": "/site"},
+                                                    {"name": "site", "mountPath": "/www", "subPath": "www"}])],
+    })
+    pod = env.wait_running("imgvol")
+    status, body = env.kubelet.run("imgvol", "c", "cat /site/www/index.html /www/index.html")
+    assert status == 200 and body.count(b"<html") == 2, (status, body)
+    status, body = env.kubelet.run("imgvol", "c", "touch /site/x")
+    assert b"Read-only file system" in body, (status, body)
+    cid = env.container_id(pod, "c")
+    volumes = [m for m in mounts_under(env.daemon.base) if "/volumes/" in m]
+    assert len(volumes) == 2, volumes
+    env.kubelet.remove_manifest("imgvol")
+    wait_for(lambda: not [m for m in mounts_under(env.daemon.base) if "/volumes/" in m or cid in m], 90,
+             "the kubelet to remove the container and its image volumes", interval=1)
