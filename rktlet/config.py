@@ -16,6 +16,7 @@ from typing import Any, Callable
 from rktlet.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 # Registries always reached over plain HTTP: the node itself.
 ALWAYS_INSECURE = ("localhost", "127.0.0.1", "[::1]")
@@ -65,6 +66,13 @@ def _log_level(value: Any) -> str:
         text = "warn"
     if text not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return text
+
+
+def _log_format(value: Any) -> str:
+    text = str(value).lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
     return text
 
 
@@ -230,6 +238,8 @@ OPTIONS: tuple[Option, ...] = (
         _duration,
     ),
     Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
+    Option("log-format", "text", "how log events are written: text lines, or json (one JSON object a line)",
+           _log_format),
 )
 
 OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
@@ -267,7 +277,10 @@ class Config:
     nri_request_timeout: float = OPTIONS_BY_KEY["nri-request-timeout"].default
     nri_sync_timeout: float = OPTIONS_BY_KEY["nri-sync-timeout"].default
     log_level: str = OPTIONS_BY_KEY["log-level"].default
+    log_format: str = OPTIONS_BY_KEY["log-format"].default
     config_file: str | None = None
+    #: the keys given as command-line flags (they win over the file, also on reload).
+    command_line: frozenset[str] = frozenset()
 
     @property
     def stream_port(self) -> int:
@@ -348,12 +361,30 @@ def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
     values: dict[str, Any] = {}
     if config_file:
         values.update(read_file(config_file))
+    given = set()
     for key, raw in flags.items():
         if raw is None or (isinstance(raw, (list, tuple)) and not raw):
             continue
         opt = OPTIONS_BY_KEY[key]
         values[opt.attr] = _parse(opt, raw, f"--{key}")
-    return dataclasses.replace(Config(), config_file=config_file, **values)
+        given.add(key)
+    return dataclasses.replace(Config(), config_file=config_file, command_line=frozenset(given), **values)
+
+
+def reread(current: Config) -> Config:
+    """The configuration *current* would be with its config file as it is
+    now: the file read again, the command-line flags of *current* still
+    winning over it (blocking: reads the file).
+
+    :raises ConfigError: the file is unreadable or invalid.
+    """
+    values: dict[str, Any] = {}
+    if current.config_file:
+        values.update(read_file(current.config_file))
+    for key in current.command_line:
+        attr = OPTIONS_BY_KEY[key].attr
+        values[attr] = getattr(current, attr)
+    return dataclasses.replace(Config(), config_file=current.config_file, command_line=current.command_line, **values)
 
 
 _EXAMPLES = {

@@ -82,6 +82,9 @@ class Options(usage.Options):
             self.config = config_module.load({o.key: self.get(o.key) for o in OPTIONS}, self["config"])
         except RktletError as e:
             raise usage.UsageError(str(e)) from None
+        # Parsed before twistd's own options are settled: the log observer
+        # twistd installs is ours, so the format can be JSON (and change).
+        logs.install_for_twistd(getattr(self, "parent", None), self.config.log_format)
 
 
 class _Lifecycle(Service):
@@ -118,6 +121,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
             f"rktlet must run as root (it creates namespaces, mounts and cgroups); running as uid {euid}"
         )
     logs.set_level(config.log_level)
+    logs.set_format(config.log_format)
     try:
         # conmon monitors daemonize (see rktlet.oci.conmon): as a subreaper
         # the daemon gets them as children, watches and reaps them.

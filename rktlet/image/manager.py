@@ -289,18 +289,18 @@ class ImageManager:
             record = await work
         except CancelledError:
             if stalled:
-                log.error("{message}", message=stalled[0])
-                raise DeadlineExceeded(stalled[0]) from None
+                log.warn("{error}", error=stalled[0], image=key)
+                raise logs.mark_logged(DeadlineExceeded(stalled[0])) from None
             raise
         except RktletError as e:
-            log.error("pull of {image} failed: {error}", image=key, error=str(e))
-            raise
+            log.warn("pull of {image} failed: {error}", image=key, error=str(e))
+            raise logs.mark_logged(e)
         finally:
             watchdog.stop()
             reporter.stop()
             del self._progress[key]
-        log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
-                 image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
+        log.info("pulled {image} as {image_id} in {seconds:.2f}s ({summary})",
+                 image=key, image_id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
 
     async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
@@ -591,7 +591,7 @@ class ImageManager:
         await self._change_records(without)
         self._configs.pop(record.id, None)
         await self.collect_garbage()
-        log.info("removed image {id} ({tags})", id=record.id, tags=", ".join(record.repo_tags) or "untagged")
+        log.info("removed image {image_id} ({tags})", image_id=record.id, tags=", ".join(record.repo_tags) or "untagged")
         return record
 
     async def collect_garbage(self) -> None:
