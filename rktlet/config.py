@@ -371,15 +371,18 @@ def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
     return dataclasses.replace(Config(), config_file=config_file, command_line=frozenset(given), **values)
 
 
-def reread(current: Config) -> Config:
+def reread(current: Config, file_values: dict[str, Any] | None = None) -> Config:
     """The configuration *current* would be with its config file as it is
-    now: the file read again, the command-line flags of *current* still
-    winning over it (blocking: reads the file).
+    now: the file read again (blocking), or its *file_values* as
+    :func:`read_file` gave them; the command-line flags of *current* still
+    win over it.
 
     :raises ConfigError: the file is unreadable or invalid.
     """
     values: dict[str, Any] = {}
-    if current.config_file:
+    if file_values is not None:
+        values.update(file_values)
+    elif current.config_file:
         values.update(read_file(current.config_file))
     for key in current.command_line:
         attr = OPTIONS_BY_KEY[key].attr

@@ -26,6 +26,7 @@ from rktlet.cri.socket_claim import claim_socket
 from rktlet.errors import RktletError, StartupError
 from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
+from rktlet.image.settings import PullSettings
 from rktlet.image.store import ImageStore
 from rktlet.network.cni import CNI
 from rktlet.nri.runtime import NRI
@@ -39,6 +40,7 @@ from rktlet.pod.containers import ContainerManager
 from rktlet.pod.engine import Engine
 from rktlet.pod.sandboxes import SandboxManager
 from rktlet.pod.stats import StatsCollector
+from rktlet.reload import Reloader
 from rktlet.pod.streaming import StreamingBackend
 from rktlet.stream.server import StreamService
 from rktlet.pod.store import ContainerStore, PodStore
@@ -136,13 +138,15 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         threadpool = reactor.getThreadPool()
         layout = cgroups.detect()
         host = RealHost(reactor, layout)
+        pull_settings = PullSettings.from_config(config)
         images = ImageManager(
             reactor,
             ImageStore(config.root),
-            RegistryClient(reactor, config.is_insecure_registry, config.mirrors,
+            RegistryClient(reactor, pull_settings.is_insecure, pull_settings.mirror_map(),
                            max_manifest_size=config.max_manifest_size),
             threadpool,
-            pull_progress_timeout=config.pull_progress_timeout,
+            pull_progress_timeout=pull_settings.progress_timeout,
+            settings=pull_settings,
             limits=ImageLimits(
                 max_bytes=config.max_image_bytes,
                 max_inodes=config.max_image_inodes,
@@ -208,9 +212,18 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         max_workers=config.grpc_workers,
     )
     grpc_service.setServiceParent(top)
+    Reloader(reactor, threadpool, config, lambda new: _apply_reloaded(engine, images, new)).setServiceParent(top)
     # Added last: started after, stopped before, the services above.
     _Lifecycle(engine).setServiceParent(top)
     return top
+
+
+def _apply_reloaded(engine: Engine, images: ImageManager, config: Config) -> None:
+    """Make the reloadable part of *config* current (see rktlet.reload)."""
+    logs.set_level(config.log_level)
+    logs.set_format(config.log_format)
+    images.configure(PullSettings.from_config(config))
+    engine.config = config  # what Status reports
 
 
 def makeService(options: Options) -> IService:
