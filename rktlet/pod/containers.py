@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
@@ -429,7 +429,7 @@ class ContainerManager:
                 # NRI hook: the container becomes visible once every plugin agreed.
                 await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_agreed(c))
         except BaseException as e:
-            if isinstance(e, Exception):
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
                 log.warn("creating container {name} ({container_id}) in pod {pod_id} failed: {error}",
                          name=config.name, container_id=container_id, pod_id=sb.id, error=str(e))
                 logs.mark_logged(e)
@@ -852,8 +852,10 @@ class ContainerManager:
             if now is not None and now != before:
                 return
             await deferLater(self._reactor, _REOPEN_POLL_INTERVAL, lambda: None)
-        raise RuntimeFailure(f"container {c.id}: conmon did not reopen its log {c.log_path} "
-                             f"within {_REOPEN_POLLS * _REOPEN_POLL_INTERVAL:.0f} s")
+        error = RuntimeFailure(f"container {c.id}: conmon did not reopen its log {c.log_path} "
+                               f"within {_REOPEN_POLLS * _REOPEN_POLL_INTERVAL:.0f} s")
+        log.warn("{error}", error=str(error), container_id=c.id, pod_id=c.sandbox_id)
+        raise logs.mark_logged(error)
 
     def verbose_info(self, c: Container) -> dict[str, Any]:
         """ContainerStatus verbose: pid, bundle, runtime spec."""
@@ -933,4 +935,9 @@ class ContainerManager:
         from rktlet.oci import exec as oci_exec  # kept local: this section was added after the imports
 
         c = self.running(id_or_prefix)
-        return await oci_exec.exec_sync(self._reactor, self.runtime_of(c), c.id, c.bundle, list(cmd), timeout)
+        try:
+            return await oci_exec.exec_sync(self._reactor, self.runtime_of(c), c.id, c.bundle, list(cmd), timeout)
+        except RuntimeFailure as e:
+            log.warn("exec in container {container_id} failed: {error}", container_id=c.id, pod_id=c.sandbox_id,
+                     error=str(e))
+            raise logs.mark_logged(e)

@@ -16,7 +16,7 @@ import shutil
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
@@ -329,7 +329,7 @@ class SandboxManager:
             except Exception as undo_error:
                 log.warn("undo of pod sandbox {pod_id} incomplete: {error}", pod_id=sb.id, error=str(undo_error))
             self.records.forget(sb)
-            if isinstance(e, Exception):
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
                 log.warn("pod sandbox {pod_id} ({key}) failed to run: {error}; undone", pod_id=sb.id, key=sb.key,
                          pod_name=sb.name, pod_namespace=sb.namespace, error=str(e))
                 logs.mark_logged(e)
@@ -441,7 +441,7 @@ class SandboxManager:
             if sb.id in self.sandboxes:
                 await work(sb)
         except Exception as e:
-            if not logs.was_logged(e):
+            if not logs.was_logged(e) and not isinstance(e, CancelledError):
                 log.warn("{what} pod sandbox {pod_id} ({key}) failed: {error}", what=what, pod_id=sb.id, key=sb.key,
                          error=str(e))
                 logs.mark_logged(e)
