@@ -52,9 +52,13 @@ class Daemon(CriClients):
     :param extra_args: more command-line options.
     :param command: the argv prefix that starts it (``twistd_command()`` by
         default; the README's ``rktlet`` command in e2e tests).
+    :param log_level: ``--log-level`` to give (``None``: none, e.g. for the
+        config file to set it).
+    :param log_format: ``--log-format`` to give (``None``: none).
     """
 
-    def __init__(self, extra_args: Sequence[str] = (), command: Sequence[str] | None = None) -> None:
+    def __init__(self, extra_args: Sequence[str] = (), command: Sequence[str] | None = None,
+                 log_level: str | None = "debug", log_format: str | None = None) -> None:
         # Short paths: a unix socket path must fit in 108 bytes.
         self.base = tempfile.mkdtemp(prefix="rktlet-", dir="/tmp")
         self.root = os.path.join(self.base, "root")
@@ -66,6 +70,8 @@ class Daemon(CriClients):
         self.log_path = os.path.join(self.base, "daemon.log")
         self.extra_args = list(extra_args)
         self.command = list(command) if command is not None else None
+        self.log_level = log_level
+        self.log_format = log_format
         #: more environment variables for the next start (debug points).
         self.env: dict[str, str] = {}
         self.process: subprocess.Popen | None = None
@@ -80,7 +86,8 @@ class Daemon(CriClients):
             "--run-dir", self.run_dir,
             "--cni-conf-dir", self.cni_conf_dir,
             "--stream-address", f"127.0.0.1:{self.stream_port}",
-            "--log-level", "debug",
+            *(["--log-level", self.log_level] if self.log_level else []),
+            *(["--log-format", self.log_format] if self.log_format else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -114,6 +121,29 @@ class Daemon(CriClients):
     def log(self) -> str:
         """Everything the daemon wrote so far."""
         return read_log(self.log_path)
+
+    def log_records(self) -> list[dict]:
+        """The log so far as JSON records (a daemon started with
+        ``log_format="json"``); a line that is not a JSON object raises
+        ``ValueError`` naming it."""
+        import json
+
+        records = []
+        for number, line in enumerate(self.log().splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{self.log_path}:{number} is not JSON: {line!r}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.log_path}:{number} is not a JSON object: {line!r}")
+            records.append(record)
+        return records
+
+    def send_signal(self, sig: int) -> None:
+        """Send *sig* to the running daemon (by its PID)."""
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError("the daemon is not running")
+        os.kill(self.process.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal the daemon (by PID) and wait; SIGKILL if it lingers.

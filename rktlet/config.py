@@ -16,6 +16,7 @@ from typing import Any, Callable
 from rktlet.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
 
 # Registries always reached over plain HTTP: the node itself.
 ALWAYS_INSECURE = ("localhost", "127.0.0.1", "[::1]")
@@ -74,6 +75,13 @@ def _log_level(value: Any) -> str:
         text = "warn"
     if text not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return text
+
+
+def _log_format(value: Any) -> str:
+    text = str(value).lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
     return text
 
 
@@ -258,6 +266,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("metrics-tls-cert", "", "PEM certificate for the metrics endpoint (with --metrics-tls-key: serve https)"),
     Option("metrics-tls-key", "", "PEM private key for the metrics endpoint"),
     Option("log-level", "info", f"least severe log level written: {', '.join(LOG_LEVELS)}", _log_level),
+    Option("log-format", "text", "how log events are written: text lines, or json (one JSON object a line)",
+           _log_format),
 )
 
 OPTIONS_BY_KEY = {o.key: o for o in OPTIONS}
@@ -298,7 +308,10 @@ class Config:
     metrics_tls_cert: str = OPTIONS_BY_KEY["metrics-tls-cert"].default
     metrics_tls_key: str = OPTIONS_BY_KEY["metrics-tls-key"].default
     log_level: str = OPTIONS_BY_KEY["log-level"].default
+    log_format: str = OPTIONS_BY_KEY["log-format"].default
     config_file: str | None = None
+    #: the keys given as command-line flags (they win over the file, also on reload).
+    command_line: frozenset[str] = frozenset()
 
     @property
     def stream_port(self) -> int:
@@ -379,12 +392,36 @@ def load(flags: dict[str, Any], config_file: str | None = None) -> Config:
     values: dict[str, Any] = {}
     if config_file:
         values.update(read_file(config_file))
+    given = set()
     for key, raw in flags.items():
         if raw is None or (isinstance(raw, (list, tuple)) and not raw):
             continue
         opt = OPTIONS_BY_KEY[key]
         values[opt.attr] = _parse(opt, raw, f"--{key}")
-    config = dataclasses.replace(Config(), config_file=config_file, **values)
+        given.add(key)
+    config = dataclasses.replace(Config(), config_file=config_file, command_line=frozenset(given), **values)
+    _check_metrics(config)
+    return config
+
+
+def reread(current: Config, file_values: dict[str, Any] | None = None) -> Config:
+    """The configuration *current* would be with its config file as it is
+    now: the file read again (blocking), or its *file_values* as
+    :func:`read_file` gave them; the command-line flags of *current* still
+    win over it.
+
+    :raises ConfigError: the file is unreadable or invalid.
+    """
+    values: dict[str, Any] = {}
+    if file_values is not None:
+        values.update(file_values)
+    elif current.config_file:
+        values.update(read_file(current.config_file))
+    for key in current.command_line:
+        attr = OPTIONS_BY_KEY[key].attr
+        values[attr] = getattr(current, attr)
+    config = dataclasses.replace(Config(), config_file=current.config_file, command_line=current.command_line,
+                                 **values)
     _check_metrics(config)
     return config
 

@@ -27,6 +27,7 @@ from rktlet.cri.socket_claim import SocketClaim, claim_socket
 from rktlet.errors import RktletError
 from rktlet.image.manager import ImageLimits, ImageManager
 from rktlet.image.registry import RegistryClient
+from rktlet.image.settings import PullSettings
 from rktlet.image.store import ImageStore
 from rktlet.metrics import Metrics
 from rktlet.metrics.server import MetricsService
@@ -43,6 +44,7 @@ from rktlet.pod.engine import Engine
 from rktlet.pod.sandboxes import SandboxManager
 from rktlet.pod.stats import StatsCollector
 from rktlet.pod.streaming import StreamingBackend
+from rktlet.reload import Reloader
 from rktlet.stream.server import StreamService
 from rktlet.pod.store import ContainerStore, PodStore
 
@@ -87,6 +89,9 @@ class Options(usage.Options):
             self.config = self._load()
         except RktletError as e:
             raise usage.UsageError(str(e)) from None
+        # Parsed before twistd's own options are settled: the log observer
+        # twistd installs is ours, so the format can be JSON (and change).
+        logs.install_for_twistd(getattr(self, "parent", None), self.config.log_format)
 
 
 def _appender(opt: Option) -> Callable[[Options, str], None]:
@@ -191,6 +196,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
 
         reactor = global_reactor
     logs.set_level(config.log_level)
+    logs.set_format(config.log_format)
     # The same checks as `rktlet check`, refusing with the same lines.
     machine = host or preflight.Host(euid=os.geteuid() if euid is None else euid)
     report = preflight.run_checks(config, machine)
@@ -215,13 +221,15 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
                                          tls_cert=config.metrics_tls_cert or None,
                                          tls_key=config.metrics_tls_key or None,
                                          probes=(metrics.reactor_lag,))
+    pull_settings = PullSettings.from_config(config)
     images = ImageManager(
         reactor,
         ImageStore(config.root),
-        RegistryClient(reactor, config.is_insecure_registry, config.mirrors,
+        RegistryClient(reactor, pull_settings.is_insecure, pull_settings.mirror_map(),
                        max_manifest_size=config.max_manifest_size),
         threadpool,
-        pull_progress_timeout=config.pull_progress_timeout,
+        pull_progress_timeout=pull_settings.progress_timeout,
+        settings=pull_settings,
         limits=ImageLimits(
             max_bytes=config.max_image_bytes,
             max_inodes=config.max_image_inodes,
@@ -296,7 +304,16 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
     grpc_service.setServiceParent(top)
     # Added last: started after, stopped before, the services above.
     _Lifecycle(engine).setServiceParent(top)
+    Reloader(reactor, threadpool, config, lambda new: _apply_reloaded(engine, images, new)).setServiceParent(top)
     return top
+
+
+def _apply_reloaded(engine: Engine, images: ImageManager, config: Config) -> None:
+    """Make the reloadable part of *config* current (see rktlet.reload)."""
+    logs.set_level(config.log_level)
+    logs.set_format(config.log_format)
+    images.configure(PullSettings.from_config(config))
+    engine.config = config  # what Status reports
 
 
 def makeService(options: Options) -> IService:

@@ -29,24 +29,32 @@ from rktlet.errors import Unimplemented
 log = logs.logger("rktlet.cri")
 
 # Request fields worth naming in the per-call log line, in this order.
-_ID_FIELDS = ("pod_sandbox_id", "container_id")
+# (request field, log event field)
+_ID_FIELDS = (("pod_sandbox_id", "pod_id"), ("container_id", "container_id"))
+
+
+def request_id_fields(request: Message) -> dict[str, str]:
+    """The key ids of a request as log event fields (``pod_id``,
+    ``container_id``, ``image``, ``name``), those it has."""
+    fields = {}
+    for name, key in _ID_FIELDS:
+        value = getattr(request, name, "")
+        if value:
+            fields[key] = value
+    image = getattr(request, "image", None)
+    if isinstance(image, Message) and getattr(image, "image", ""):
+        fields["image"] = image.image
+    config = getattr(request, "config", None)
+    metadata = getattr(config, "metadata", None) if isinstance(config, Message) else None
+    if metadata is not None and getattr(metadata, "name", ""):
+        fields["name"] = metadata.name
+    return fields
 
 
 def request_ids(request: Message) -> str:
     """The key ids of a request for the log line (``pod_sandbox_id=…`` etc.)."""
-    parts = []
-    for name in _ID_FIELDS:
-        value = getattr(request, name, "")
-        if value:
-            parts.append(f"{name}={value}")
-    image = getattr(request, "image", None)
-    if isinstance(image, Message) and getattr(image, "image", ""):
-        parts.append(f"image={image.image}")
-    config = getattr(request, "config", None)
-    metadata = getattr(config, "metadata", None) if isinstance(config, Message) else None
-    if metadata is not None and getattr(metadata, "name", ""):
-        parts.append(f"name={metadata.name}")
-    return " ".join(parts)
+    names = {key: name for name, key in _ID_FIELDS}
+    return " ".join(f"{names.get(k, k)}={v}" for k, v in request_id_fields(request).items())
 
 
 class _CallLog:
@@ -65,11 +73,15 @@ class _CallLog:
         if code is None:
             code = grpc.StatusCode.INTERNAL
             message = f"internal error in {self.method}: {type(error).__name__}: {error}"
-            log.failure("{method} failed unexpectedly", failure=Failure(error), method=self.method)
+            log.failure("{method} failed unexpectedly", failure=Failure(error), method=self.method,
+                        **request_id_fields(self.request))
         else:
             message = str(error) or f"{self.method}: {type(error).__name__}"
-            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE):
-                log.error("{method} failed: {message}", method=self.method, message=message)
+            # An error the engine logged where it happened (with its ids
+            # and the program's own message) is not logged twice.
+            if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE) and not logs.was_logged(error):
+                log.error("{method} failed: {error}", method=self.method, error=message, code=code.name,
+                          **request_id_fields(self.request))
         self.code = code
         context.abort(code, message)  # raises
 
@@ -84,6 +96,7 @@ class _CallLog:
             ids=request_ids(self.request),
             duration_ms=(time.monotonic() - self.started) * 1000,
             code=self.code.name,
+            **request_id_fields(self.request),
         )
 
 

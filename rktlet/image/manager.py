@@ -36,6 +36,7 @@ from rktlet.errors import DeadlineExceeded, DigestMismatch, NotFound, ResourceEx
 from rktlet.image import manifest as manifests
 from rktlet.image import reference as references
 from rktlet.image.registry import Credentials, RegistryClient
+from rktlet.image.settings import PullSettings
 from rktlet.image.store import ImageRecord, ImageStore, LayerInfo, delete_paths, usage
 from rktlet.image.unpack import Budget, Control, Limits, unpack_layer
 
@@ -118,6 +119,15 @@ class PullProgress:
         }
 
 
+@dataclass(frozen=True)
+class _PullSetup:
+    """What a pull uses from start to end: the settings, and the registry
+    client made for them. Replaced whole (one assignment) on reload."""
+
+    settings: PullSettings
+    registry: RegistryClient
+
+
 def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
@@ -147,6 +157,9 @@ class ImageManager:
     :param platform: the platform chosen from multi-platform indexes.
     :param unpack: the layer unpacker (``unpack_layer``), replaceable in tests.
     :param limits: the caps on an image's content.
+    :param settings: the reloadable settings *registry* was made with (its
+        mirrors and insecure registries), for :meth:`configure`; default:
+        none of those, and *pull_progress_timeout*.
     """
 
     def __init__(
@@ -159,12 +172,15 @@ class ImageManager:
         platform: manifests.Platform | None = None,
         unpack: Callable[..., Any] = unpack_layer,
         limits: ImageLimits | None = None,
+        settings: PullSettings | None = None,
     ) -> None:
         self._reactor = reactor
         self.store = store
-        self._registry = registry
         self._threadpool = threadpool
-        self._timeout = pull_progress_timeout
+        if settings is None:
+            settings = PullSettings(progress_timeout=pull_progress_timeout)
+        # New pulls take this (immutable) pair; configure() replaces it.
+        self._setup = _PullSetup(settings, registry)
         self._platform = platform or manifests.host_platform()
         self._unpack = unpack
         # Who else uses layers (containers): see keep_layers_used_by.
@@ -200,7 +216,33 @@ class ImageManager:
 
     def close(self) -> Deferred:
         """Close the registry client's pooled connections (at shutdown)."""
-        return self._registry.close()
+        return self._setup.registry.close()
+
+    @property
+    def settings(self) -> PullSettings:
+        """The settings new pulls use."""
+        return self._setup.settings
+
+    def configure(self, settings: PullSettings) -> None:
+        """New pulls use *settings* (mirrors, insecure registries, progress
+        timeout); pulls in flight keep what they started with. On the
+        reactor thread."""
+        old = self._setup
+        if settings == old.settings:
+            return
+        insecure_changed = settings.insecure_registries != old.settings.insecure_registries
+        mirrors_changed = settings.mirrors != old.settings.mirrors
+        registry = old.registry
+        if insecure_changed or mirrors_changed:
+            registry = registry.reconfigured(
+                is_insecure=settings.is_insecure if insecure_changed else None,
+                mirrors=settings.mirror_map() if mirrors_changed else None,
+            )
+        self._setup = _PullSetup(settings, registry)
+        if not registry.shares_connections_with(old.registry):
+            # Idle connections only: those of pulls in flight stay theirs
+            # (and are dropped by the pool's idle timeout afterwards).
+            old.registry.close()
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -273,7 +315,9 @@ class ImageManager:
         progress = PullProgress(str(ref), now, now)
         key = str(ref)
         self._progress[key] = progress
-        work = Deferred.fromCoroutine(self._pull_steps(ref, credentials, progress))
+        setup = self._setup  # this pull's settings, whatever a reload does meanwhile
+        timeout = setup.settings.progress_timeout
+        work = Deferred.fromCoroutine(self._pull_steps(setup.registry, ref, credentials, progress))
         stalled: list[str] = []
 
         def watch() -> None:
@@ -287,7 +331,7 @@ class ImageManager:
                 # holding the slots receive data.
                 activity = max(activity, self._download_activity)
             idle = now - activity
-            if idle >= self._timeout:
+            if idle >= timeout:
                 stalled.append(f"pull of {ref} made no progress for {idle:.0f}s ({progress.summary()}); cancelled")
                 work.cancel()
 
@@ -296,7 +340,7 @@ class ImageManager:
 
         watchdog = LoopingCall(watch)
         watchdog.clock = self._reactor
-        watchdog.start(min(self._timeout / 4, 5.0), now=False)
+        watchdog.start(min(timeout / 4, 5.0), now=False)
         reporter = LoopingCall(report)
         reporter.clock = self._reactor
         reporter.start(PROGRESS_LOG_INTERVAL, now=False)
@@ -308,15 +352,15 @@ class ImageManager:
             record = await work
         except CancelledError:
             if stalled:
-                log.error("{message}", message=stalled[0])
+                log.warn("{error}", error=stalled[0], image=key)
                 error = DeadlineExceeded(stalled[0])
-                raise error from None
+                raise logs.mark_logged(error) from None
             error = CancelledError()
             raise
         except RktletError as e:
             error = e
-            log.error("pull of {image} failed: {error}", image=key, error=str(e))
-            raise
+            log.warn("pull of {image} failed: {error}", image=key, error=str(e))
+            raise logs.mark_logged(e)
         except BaseException as e:
             error = e
             raise
@@ -326,14 +370,15 @@ class ImageManager:
             del self._progress[key]
             if self.metrics is not None:
                 self.metrics.pull_ended(self._reactor.seconds() - started, error)
-        log.info("pulled {image} as {id} in {seconds:.2f}s ({summary})",
-                 image=key, id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
+        log.info("pulled {image} as {image_id} in {seconds:.2f}s ({summary})",
+                 image=key, image_id=record.id, seconds=self._reactor.seconds() - started, summary=progress.summary())
         return record
 
-    async def _pull_steps(self, ref: references.Reference, credentials: Credentials | None, progress: PullProgress) -> ImageRecord:
+    async def _pull_steps(self, registry: RegistryClient, ref: references.Reference, credentials: Credentials | None,
+                          progress: PullProgress) -> ImageRecord:
         pins: tuple[list[str], list[str]] = ([], [])
         try:
-            return await self._pull_pinned(ref, credentials, progress, pins)
+            return await self._pull_pinned(registry, ref, credentials, progress, pins)
         finally:
             layers, blobs = pins
             self._pinned_layers.subtract(layers)
@@ -349,13 +394,14 @@ class ImageManager:
 
     async def _pull_pinned(
         self,
+        registry: RegistryClient,
         ref: references.Reference,
         credentials: Credentials | None,
         progress: PullProgress,
         pins: tuple[list[str], list[str]],
     ) -> ImageRecord:
         limits = self.limits
-        top = await self._registry.get_manifest(ref, manifests.ACCEPT, credentials)
+        top = await registry.get_manifest(ref, manifests.ACCEPT, credentials)
         progress.touch(self._reactor.seconds())
         where = top.source
         parsed = manifests.parse_manifest(top.media_type, top.body, where)
@@ -364,7 +410,7 @@ class ImageManager:
         if isinstance(parsed, manifests.ImageIndex):
             index_digest = top.digest
             chosen = manifests.select_platform(parsed, self._platform, where)
-            platform_manifest = await self._registry.get_manifest(
+            platform_manifest = await registry.get_manifest(
                 ref, manifests.MANIFEST_TYPES, credentials, reference=chosen.digest
             )
             parsed = manifests.parse_manifest(platform_manifest.media_type, platform_manifest.body, platform_manifest.source)
@@ -392,7 +438,7 @@ class ImageManager:
         if not self.store.has_blob(config_digest):
             path = self.store.ingest_path()
             try:
-                await self._registry.get_blob(ref, config_digest, path, credentials, expected_size=parsed.config.size)
+                await registry.get_blob(ref, config_digest, path, credentials, expected_size=parsed.config.size)
                 await self._in_thread(self.store.commit_blob, path, config_digest)
             finally:
                 if os.path.exists(path):
@@ -419,7 +465,7 @@ class ImageManager:
             if self.store.layer(chain[i]) is not None:
                 lp.state, lp.done = "present", layer.size
                 continue
-            jobs.append(self._layer(ref, credentials, layer, config.diff_ids[i], chain[i], chain[i - 1] if i else "",
+            jobs.append(self._layer(registry, ref, credentials, layer, config.diff_ids[i], chain[i], chain[i - 1] if i else "",
                                     lp, Limits(limits.max_bytes, limits.max_inodes, budget)))
         if jobs:
             await all_or_nothing(jobs)
@@ -482,6 +528,7 @@ class ImageManager:
 
     def _layer(
         self,
+        registry: RegistryClient,
         ref: references.Reference,
         credentials: Credentials | None,
         layer: manifests.Descriptor,
@@ -497,7 +544,7 @@ class ImageManager:
         job = self._layer_jobs.get(chain_id)
         if job is None:
             operation = Deferred.fromCoroutine(
-                self._fetch_layer(ref, credentials, layer, diff_id, chain_id, parent, limits))
+                self._fetch_layer(registry, ref, credentials, layer, diff_id, chain_id, parent, limits))
             job = Shared(operation)
             self._layer_jobs[chain_id] = job
 
@@ -540,6 +587,7 @@ class ImageManager:
 
     async def _fetch_layer(
         self,
+        registry: RegistryClient,
         ref: references.Reference,
         credentials: Credentials | None,
         layer: manifests.Descriptor,
@@ -565,7 +613,7 @@ class ImageManager:
                             fetched[0] = done
                     self._download_progress(chain_id, done)
 
-                await self._registry.get_blob(
+                await registry.get_blob(
                     ref, layer.digest, blob, credentials,
                     progress=progress,
                     expected_size=layer.size,
@@ -629,7 +677,7 @@ class ImageManager:
         await self._change_records(without)
         self._configs.pop(record.id, None)
         await self.collect_garbage()
-        log.info("removed image {id} ({tags})", id=record.id, tags=", ".join(record.repo_tags) or "untagged")
+        log.info("removed image {image_id} ({tags})", image_id=record.id, tags=", ".join(record.repo_tags) or "untagged")
         return record
 
     async def collect_garbage(self) -> None:

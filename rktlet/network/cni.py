@@ -229,7 +229,7 @@ class CNI:
             try:
                 out[container_id] = Attachment.from_json((entry or {})["attachment"])
             except (KeyError, TypeError, ValueError) as e:
-                log.warn("CNI cache of {id} has no usable attachment: {error}", id=container_id, error=repr(e))
+                log.warn("CNI cache of {pod_id} has no usable attachment: {error}", pod_id=container_id, error=repr(e))
         return out
 
     def cached(self, container_id: str) -> dict | None:
@@ -280,9 +280,10 @@ class CNI:
             result = result or {}
             self._write_cache(network, att, result)
         except Exception as e:
-            log.info(
-                "CNI ADD {id} to network {network} failed, removing what the chain made: {error}",
-                id=att.container_id,
+            # The caller (the pod engine) logs the failure, with the pod's ids.
+            log.debug(
+                "CNI ADD {pod_id} to network {network} failed, removing what the chain made: {error}",
+                pod_id=att.container_id,
                 network=network.name,
                 error=str(e),
             )
@@ -291,7 +292,9 @@ class CNI:
                 raise RuntimeFailure(f"CNI ADD to network {network.name!r}: cannot write the cache: {e}") from None
             raise
         ips = result_ips(result, att.ifname)
-        log.info("CNI ADD {id}: network {network}, addresses {ips}", id=att.container_id, network=network.name, ips=ips)
+        # Debug: the pod's "ready" line names the addresses.
+        log.debug("CNI ADD {pod_id}: network {network}, addresses {ips}", pod_id=att.container_id, network=network.name,
+                  ips=list(ips))
         return NetworkResult(network.name, ips, result)
 
     def _locate(self, network: NetworkConfig) -> list[str]:
@@ -318,7 +321,7 @@ class CNI:
         except Exception as e:  # e.g. cancelled again: still report the ADD error
             errors = [e]
         for error in errors:
-            log.warn("CNI rollback of {id}: {error}", id=att.container_id, error=str(error))
+            log.warn("CNI rollback of {pod_id}: {error}", pod_id=att.container_id, error=str(error))
         self._remove_cache(att)
 
     # -- DEL ----------------------------------------------------------------
@@ -357,7 +360,8 @@ class CNI:
                 + "; ".join(str(e) for e in errors)
             )
         self._remove_cache(att)
-        log.info("CNI DEL {id} from network {network}", id=att.container_id, network=network.name)
+        # Debug: the pod's "stopped" and "removed" lines tell of it.
+        log.debug("CNI DEL {pod_id} from network {network}", pod_id=att.container_id, network=network.name)
 
     async def _del_chain(
         self, network: NetworkConfig, att: Attachment, prev_result: dict[str, Any] | None
@@ -389,7 +393,7 @@ class CNI:
                 )
             except PluginError as e:
                 if _already_gone(e):
-                    log.info("CNI DEL {id}: {error} (already gone; ignored)", id=att.container_id, error=str(e))
+                    log.debug("CNI DEL {pod_id}: {error} (already gone; ignored)", pod_id=att.container_id, error=str(e))
                     continue
                 errors.append(e)
         return errors

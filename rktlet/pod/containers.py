@@ -18,7 +18,7 @@ import shutil
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredLock, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
@@ -219,7 +219,8 @@ class ContainerManager:
             self._watch(c, monitor)
             if self.metrics is not None:
                 self.metrics.monitor_readopted()
-            log.info("re-adopted running container {id} (conmon pid {pid})", id=c.id, pid=c.conmon_pid)
+            log.info("re-adopted running container {container_id} (conmon pid {pid})", container_id=c.id,
+                     pod_id=c.sandbox_id, pid=c.conmon_pid)
         for c in self.containers.values():
             self.snapshots.publish(c)
         conmon = next(iter(self._conmons.values()), None)
@@ -244,16 +245,16 @@ class ContainerManager:
                 try:
                     await self._remove_orphan(container_id, in_runtime.get(container_id, []))
                 except Exception as e:
-                    log.error("start-up: could not remove container {id}, left without a record: {error}",
-                              id=container_id, error=e)
+                    log.error("start-up: could not remove container {container_id}, left without a record: {error}",
+                              container_id=container_id, error=e)
         finally:
             pending, self._unreconciled = self._unreconciled, []
             for c in pending:
                 try:
                     await self._reconcile_created(c)
                 except Exception as e:
-                    log.error("start-up: could not check container {id} against the runtime: {error}",
-                              id=c.id, error=e)
+                    log.error("start-up: could not check container {container_id} against the runtime: {error}",
+                              container_id=c.id, error=e)
                 finally:
                     self._lock(c.id).release()
 
@@ -266,7 +267,7 @@ class ContainerManager:
             await runtime.delete(container_id, force=True)
         conmon.cleanup(conmon.paths(container_id, bundle))
         await self._in_thread(self._remove_files, bundle, os.path.join(self._layers, container_id))
-        log.warn("removed container {id}, which a crash left without a record", id=container_id)
+        log.warn("removed container {container_id}, which a crash left without a record", container_id=container_id)
 
     async def _reconcile_created(self, c: Container) -> None:
         """Rule 5: a container recorded CREATED, against the runtime."""
@@ -289,8 +290,8 @@ class ContainerManager:
             self._watch(c, conmon.adopt(c.id, c.bundle, c.conmon_pid, c.container_pid))
             if self.metrics is not None:
                 self.metrics.monitor_readopted()
-            log.warn("container {id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
-                     "{pid} re-adopted", id=c.id, pid=conmon_pid)
+            log.warn("container {container_id} was started when a crash cut StartContainer short: now RUNNING, conmon pid "
+                     "{pid} re-adopted", container_id=c.id, pid=conmon_pid)
             self._publish(event_kinds.STARTED, c)
             return
         if outcome == recovery.LOST:
@@ -302,8 +303,8 @@ class ContainerManager:
         await runtime.delete(c.id, force=True)
         conmon.cleanup(conmon.paths(c.id, c.bundle))
         if outcome == recovery.UNDO_START:
-            log.warn("container {id} was being started when a crash cut StartContainer short: undone, it is "
-                     "CREATED again", id=c.id)
+            log.warn("container {container_id} was being started when a crash cut StartContainer short: undone, it is "
+                     "CREATED again", container_id=c.id)
             return
         if ended is not None:
             self._record_exit(c, *ended)
@@ -448,7 +449,7 @@ class ContainerManager:
             for i, source in sources.items():
                 c.mounts[i]["host_path"] = source
             for note in notes:
-                log.info("container {name} in pod {pod}: {note}", name=config.name, pod=sb.id, note=note)
+                log.info("container {name} in pod {pod_id}: {note}", name=config.name, pod_id=sb.id, note=note)
             c.user = {"uid": user.uid, "gid": user.gid, "additional_gids": list(user.additional_gids),
                       "username": user.username}
             c.resources = spec.get("linux", {}).get("resources", {})
@@ -459,7 +460,11 @@ class ContainerManager:
             if self.nri is not None:
                 # NRI hook: the container becomes visible once every plugin agreed.
                 await self.nri.create_container(sb, c, spec, commit=lambda: self._nri_agreed(c))
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
+                log.warn("creating container {name} ({container_id}) in pod {pod_id} failed: {error}",
+                         name=config.name, container_id=container_id, pod_id=sb.id, error=str(e))
+                logs.mark_logged(e)
             self._nri_hidden.discard(container_id)
             try:
                 self._drop(c)
@@ -468,7 +473,8 @@ class ContainerManager:
                 lock.release()
             raise
         lock.release()
-        log.info("container {id} ({name}) created in pod {pod}", id=container_id, name=config.name, pod=sb.id)
+        log.info("container {container_id} ({name}) created in pod {pod_id}", container_id=container_id,
+                 name=config.name, pod_id=sb.id, image=c.image_ref)
         self._publish(event_kinds.CREATED, c)
         if self.nri is not None:
             self.nri.notify(self.nri.post_create_container(sb, c))  # NRI hook
@@ -643,21 +649,25 @@ class ContainerManager:
                     await runtime.delete(c.id, force=True)
                     self._released.add(c.id)
                 except RktletError as cleanup_error:
-                    log.error("cleanup after failed start of {id}: {error}", id=c.id, error=cleanup_error)
+                    log.warn("cleanup after failed start of container {container_id}: {error}",
+                             container_id=c.id, pod_id=c.sandbox_id, error=str(cleanup_error))
                 c.state, c.exit_code, c.reason, c.message = EXITED, 128, "StartError", str(e)
                 c.finished_at = self._now_ns()
                 self._commit(c)
                 if self.metrics is not None:
                     self.metrics.exited(c.reason)
+                log.warn("container {container_id} ({name}) failed to start: {error}", container_id=c.id,
+                         name=c.name, pod_id=c.sandbox_id, error=str(e))
                 if RUNC_EXEC_FAILED in str(e):
                     # Its command is not there or not executable: the
                     # container's config is at fault, not the runtime.
-                    raise FailedPrecondition(f"container {c.id} cannot start: {e}") from None
-                raise
+                    raise logs.mark_logged(FailedPrecondition(f"container {c.id} cannot start: {e}")) from None
+                raise logs.mark_logged(e)
             c.state, c.started_at = RUNNING, started_at
             self._commit(c)
             self._watch(c, monitor)
-            log.info("container {id} ({name}) started, pid {pid}", id=c.id, name=c.name, pid=c.container_pid)
+            log.info("container {container_id} ({name}) started, pid {pid}", container_id=c.id, name=c.name,
+                     pod_id=c.sandbox_id, pid=c.container_pid)
             self._publish(event_kinds.STARTED, c)
             if self.nri is not None:
                 self.nri.notify(self.nri.post_start_container(sb, c))  # NRI hook
@@ -676,7 +686,8 @@ class ContainerManager:
 
         def failed(failure: Any) -> None:
             self._monitors.pop(c.id, None)
-            log.failure("watching container {id} failed", failure=failure, id=c.id)
+            log.failure("watching container {container_id} failed", failure=failure, container_id=c.id,
+                        pod_id=c.sandbox_id)
 
         monitor.exited.addCallbacks(ended, failed)
 
@@ -691,7 +702,8 @@ class ContainerManager:
             d = ensureDeferred(self._release(c))
 
             def failed(failure: Any) -> bool:
-                log.failure("releasing container {id} failed", failure=failure, id=c.id)
+                log.failure("releasing container {container_id} failed", failure=failure, container_id=c.id,
+                            pod_id=c.sandbox_id)
                 return False
 
             d.addErrback(failed)
@@ -711,8 +723,8 @@ class ContainerManager:
         try:
             await self._runtimes[sb.handler if sb else "runc"].delete(c.id, force=True)
         except RktletError as e:
-            log.warn("container {id} exited; deleting it from the runtime failed ({error}): "
-                     "RemoveContainer will try again", id=c.id, error=str(e))
+            log.warn("container {container_id} exited; deleting it from the runtime failed ({error}): "
+                     "RemoveContainer will try again", container_id=c.id, pod_id=c.sandbox_id, error=str(e))
             return False
         if self.containers.get(c.id) is c:
             self._released.add(c.id)
@@ -727,8 +739,10 @@ class ContainerManager:
         try:
             self._commit(c)
         except OSError as e:  # learnt from a monitor: nobody to answer; the next commit writes it all
-            log.error("persisting the exit of container {id} failed: {error}", id=c.id, error=e)
-        log.info("container {id} ({name}) exited with {code} ({reason})", id=c.id, name=c.name, code=exit_code, reason=c.reason)
+            log.error("persisting the exit of container {container_id} failed: {error}", container_id=c.id, error=e)
+        log.info("container {container_id} ({name}) exited with {exit_code} ({reason})", container_id=c.id,
+                 name=c.name, pod_id=c.sandbox_id, exit_code=exit_code, reason=c.reason,
+                 **({"exit_message": message} if message else {}))
         if self.metrics is not None:
             self.metrics.exited(c.reason)
         self._publish(event_kinds.STOPPED, c)
@@ -743,7 +757,13 @@ class ContainerManager:
         c = self.find(id_or_prefix)
         if c is None:
             return
-        await self._stop(c, timeout)
+        try:
+            await self._stop(c, timeout)
+        except RktletError as e:
+            if not logs.was_logged(e):
+                log.warn("stopping container {container_id} ({name}) failed: {error}", container_id=c.id,
+                         name=c.name, pod_id=c.sandbox_id, error=str(e))
+            raise logs.mark_logged(e)
 
     async def _stop(self, c: Container, timeout: float) -> None:
         monitor = self._monitors.get(c.id)
@@ -788,31 +808,41 @@ class ContainerManager:
         try:
             if c.id not in self.containers:
                 return
-            await self._stop(c, 0)
-            sb = self._sandboxes.find(c.sandbox_id)
-            handler = sb.handler if sb else "runc"
-            runtime = self._runtimes[handler]
-            # Deleted from the runtime at its exit already, or being deleted
-            # now (then the files wait for that: see _remove_files_soon).
-            releasing = self._releasing.get(c.id)
-            if releasing is None and c.id not in self._released:
-                await runtime.delete(c.id, force=True)
-            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RUNTIME_DELETED, self._reactor)
-            conmon = self._conmons[handler]
-            conmon.forget(c.id)  # its Monitor is not needed any more
-            # The record goes first; the files follow off the request path.
-            # A crash in between leaves files without a record, which
-            # start-up removes (rule 7 of rktlet.pod.recovery).
-            self._drop(c)
-            self._released.discard(c.id)
-            await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
-            self._remove_files_soon(c, conmon, releasing, runtime)
-            log.info("container {id} ({name}) removed", id=c.id, name=c.name)
-            if self.nri is not None and sb is not None:
-                await self.nri.remove_container(sb, c)  # NRI hook
-            self._publish(event_kinds.DELETED, c)
+            try:
+                await self._remove_now(c)
+            except RktletError as e:
+                if not logs.was_logged(e):
+                    log.warn("removing container {container_id} ({name}) failed: {error}", container_id=c.id,
+                             name=c.name, pod_id=c.sandbox_id, error=str(e))
+                raise logs.mark_logged(e)
         finally:
             lock.release()
+
+    async def _remove_now(self, c: Container) -> None:
+        """RemoveContainer's work, under the container's lock."""
+        await self._stop(c, 0)
+        sb = self._sandboxes.find(c.sandbox_id)
+        handler = sb.handler if sb else "runc"
+        runtime = self._runtimes[handler]
+        # Deleted from the runtime at its exit already, or being deleted
+        # now (then the files wait for that: see _remove_files_soon).
+        releasing = self._releasing.get(c.id)
+        if releasing is None and c.id not in self._released:
+            await runtime.delete(c.id, force=True)
+        await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RUNTIME_DELETED, self._reactor)
+        conmon = self._conmons[handler]
+        conmon.forget(c.id)  # its Monitor is not needed any more
+        # The record goes first; the files follow off the request path.
+        # A crash in between leaves files without a record, which
+        # start-up removes (rule 7 of rktlet.pod.recovery).
+        self._drop(c)
+        self._released.discard(c.id)
+        await debugpoints.reached(debugpoints.CONTAINER_REMOVE_RECORD_DELETED, self._reactor)
+        self._remove_files_soon(c, conmon, releasing, runtime)
+        log.info("container {container_id} ({name}) removed", container_id=c.id, name=c.name, pod_id=c.sandbox_id)
+        if self.nri is not None and sb is not None:
+            await self.nri.remove_container(sb, c)  # NRI hook
+        self._publish(event_kinds.DELETED, c)
 
     def _remove_files_soon(self, c: Container, conmon: MonitorDriver, releasing: Shared | None,
                            runtime: Runtime) -> None:
@@ -833,8 +863,8 @@ class ContainerManager:
             await self._in_thread(remove)
 
         def failed(failure: Any) -> None:
-            log.error("removing container {id} from the runtime or its files failed: {error}; start-up removes "
-                      "what is left", id=c.id, error=failure.getErrorMessage())
+            log.warn("removing container {container_id} from the runtime or its files failed: {error}; start-up "
+                     "removes what is left", container_id=c.id, pod_id=c.sandbox_id, error=failure.getErrorMessage())
 
         def done(result: Any) -> None:
             self._removing.pop(c.id, None)
@@ -847,7 +877,7 @@ class ContainerManager:
         """StopPodSandbox: the pod's running containers are stopped (killed
         at once: the kubelet has already given each its grace period)."""
         for c in [c for c in self.containers.values() if c.sandbox_id == sb.id]:
-            await self._stop(c, 0)
+            await self.stop(c.id, 0)
 
     async def remove_pod_containers(self, sb: Sandbox) -> None:
         """RemovePodSandbox: remove the pod's containers."""
@@ -861,7 +891,7 @@ class ContainerManager:
         c = self.get(id_or_prefix)
         resources, notes = linux_resources(wanted, self._host_info)
         for note in notes:
-            log.info("container {id}: {note}", id=c.id, note=note)
+            log.info("container {container_id}: {note}", container_id=c.id, note=note)
         if c.state != RUNNING:
             c.resources.update(resources)
             self._commit(c)
@@ -873,9 +903,11 @@ class ContainerManager:
             # runc's words when the kernel refuses a value for this
             # container (a memory limit below what it uses now, a swap
             # limit below the memory limit): the request's fault.
+            log.warn("updating the resources of container {container_id} failed: {error}", container_id=c.id,
+                     pod_id=c.sandbox_id, error=str(e))
             if any(words in str(e) for words in _REFUSED_VALUE):
-                raise InvalidArgument(f"linux: {e}") from None
-            raise
+                raise logs.mark_logged(InvalidArgument(f"linux: {e}")) from None
+            raise logs.mark_logged(e)
         c.resources.update(resources)
         self._commit(c)
 
@@ -911,8 +943,10 @@ class ContainerManager:
             if now is not None and now != before:
                 return
             await deferLater(self._reactor, _REOPEN_POLL_INTERVAL, lambda: None)
-        raise RuntimeFailure(f"container {c.id}: conmon did not reopen its log {c.log_path} "
-                             f"within {_REOPEN_POLLS * _REOPEN_POLL_INTERVAL:.0f} s")
+        error = RuntimeFailure(f"container {c.id}: conmon did not reopen its log {c.log_path} "
+                               f"within {_REOPEN_POLLS * _REOPEN_POLL_INTERVAL:.0f} s")
+        log.warn("{error}", error=str(error), container_id=c.id, pod_id=c.sandbox_id)
+        raise logs.mark_logged(error)
 
     def verbose_info(self, c: Container) -> dict[str, Any]:
         """ContainerStatus verbose: pid, bundle, runtime spec."""
@@ -992,4 +1026,9 @@ class ContainerManager:
         from rktlet.oci import exec as oci_exec  # kept local: this section was added after the imports
 
         c = self.running(id_or_prefix)
-        return await oci_exec.exec_sync(self._reactor, self.runtime_of(c), c.id, c.bundle, list(cmd), timeout)
+        try:
+            return await oci_exec.exec_sync(self._reactor, self.runtime_of(c), c.id, c.bundle, list(cmd), timeout)
+        except RuntimeFailure as e:
+            log.warn("exec in container {container_id} failed: {error}", container_id=c.id, pod_id=c.sandbox_id,
+                     error=str(e))
+            raise logs.mark_logged(e)

@@ -16,7 +16,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 
@@ -128,7 +128,7 @@ class SandboxManager:
                 half_made.append(sb)
                 continue
             if sb.state == READY and not self._intact(sb):
-                log.warn("pod sandbox {id} lost its namespaces or infra process; now NOTREADY", id=sb.id)
+                log.warn("pod sandbox {pod_id} lost its namespaces or infra process; now NOTREADY", pod_id=sb.id)
                 sb.state = NOTREADY
                 self._store.save(sb)  # at start-up, before serving: blocking is fine
             for d in (sb.dir, os.path.join(sb.dir, "ns")):
@@ -161,9 +161,10 @@ class SandboxManager:
             try:
                 await self._cni.delete(attachment)
             except RktletError as e:
-                log.warn("CNI DEL for removed pod sandbox {id} failed again: {error}", id=sandbox_id, error=e)
+                log.warn("CNI DEL for removed pod sandbox {pod_id} failed again: {error}", pod_id=sandbox_id,
+                         error=str(e))
                 continue
-            log.info("CNI DEL for removed pod sandbox {id} done on retry", id=sandbox_id)
+            log.info("CNI DEL for removed pod sandbox {pod_id} done on retry", pod_id=sandbox_id)
 
     def retry_cni_deletes_every(self, interval: float) -> Any:
         """Retry failed CNI DELs now and every *interval* seconds; returns
@@ -181,7 +182,7 @@ class SandboxManager:
     async def clean_up_half_made(self, half_made: list[Sandbox]) -> None:
         """Undo sandboxes a crash left in CREATING."""
         for sb in half_made:
-            log.warn("undoing pod sandbox {id} ({key}) left half-made by a crash", id=sb.id, key=sb.key)
+            log.warn("undoing pod sandbox {pod_id} ({key}) left half-made by a crash", pod_id=sb.id, key=sb.key)
             if not sb.created_cgroups and sb.cgroup_parent == f"{DEFAULT_CGROUP_ROOT}/{sb.id}":
                 # The crash came before the cgroups made were recorded; a
                 # cgroup under rktlet's own root is this pod's alone.
@@ -189,7 +190,7 @@ class SandboxManager:
             try:
                 await self._teardown(sb, remove=True)
             except Exception as e:
-                log.error("could not fully undo pod sandbox {id}: {error}", id=sb.id, error=e)
+                log.error("could not fully undo pod sandbox {pod_id}: {error}", pod_id=sb.id, error=str(e))
             self.records.forget(sb)  # never indexed: its record only
 
     def _add(self, sb: Sandbox) -> None:
@@ -246,7 +247,8 @@ class SandboxManager:
                     f"pod sandbox name {spec.key} is reserved by sandbox {existing.id} with a different config"
                 )
             if existing.state == CREATING:
-                log.info("RunPodSandbox retried for {key}: waiting for the first attempt ({id})", key=spec.key, id=existing.id)
+                log.info("RunPodSandbox retried for {key}: waiting for the first attempt ({pod_id})", key=spec.key,
+                         pod_id=existing.id)
                 await self._creating[existing.id].wait()
                 return self.get(existing.id)
             if existing.state == READY:
@@ -325,15 +327,19 @@ class SandboxManager:
             sb.state = READY
             self.records.commit(sb)
         except BaseException as e:
-            log.error("RunPodSandbox {key} failed: {error}; undoing", key=sb.key, error=e)
             try:
                 await self._teardown(sb, remove=True)
             except Exception as undo_error:
-                log.error("undo of pod sandbox {id} incomplete: {error}", id=sb.id, error=undo_error)
+                log.warn("undo of pod sandbox {pod_id} incomplete: {error}", pod_id=sb.id, error=str(undo_error))
             self.records.forget(sb)
+            if isinstance(e, Exception) and not isinstance(e, CancelledError):
+                log.warn("pod sandbox {pod_id} ({key}) failed to run: {error}; undone", pod_id=sb.id, key=sb.key,
+                         pod_name=sb.name, pod_namespace=sb.namespace, error=str(e))
+                logs.mark_logged(e)
             raise
-        log.info("pod sandbox {id} ({key}) ready in {ms:.0f}ms, IPs {ips}", id=sb.id, key=sb.key,
-                 ms=(time.monotonic() - started) * 1000, ips=",".join(sb.ips) or "host network")
+        log.info("pod sandbox {pod_id} ({key}) ready in {duration_ms:.0f}ms, IPs {ips}", pod_id=sb.id, key=sb.key,
+                 pod_name=sb.name, pod_namespace=sb.namespace, duration_ms=(time.monotonic() - started) * 1000,
+                 ips=",".join(sb.ips) or "host network")
         return sb
 
     def _attachment(self, sb: Sandbox) -> Attachment:
@@ -391,8 +397,10 @@ class SandboxManager:
             if sb.state != NOTREADY:
                 sb.state = NOTREADY
                 self.records.commit(sb)
+                log.info("pod sandbox {pod_id} ({key}) stopped", pod_id=sb.id, key=sb.key, pod_name=sb.name,
+                         pod_namespace=sb.namespace)
 
-        await self._exclusively(id_or_prefix, stop)
+        await self._exclusively(id_or_prefix, stop, "stopping")
 
     async def remove(self, id_or_prefix: str, containers: PodContainers | None = None) -> None:
         """RemovePodSandbox: force-stop, then remove the containers (through
@@ -417,13 +425,15 @@ class SandboxManager:
             if self.nri is not None:
                 await self.nri.remove_pod_sandbox(sb)  # NRI hook
             self.records.forget(sb)
-            log.info("pod sandbox {id} ({key}) removed", id=sb.id, key=sb.key)
+            log.info("pod sandbox {pod_id} ({key}) removed", pod_id=sb.id, key=sb.key, pod_name=sb.name,
+                     pod_namespace=sb.namespace)
 
-        await self._exclusively(id_or_prefix, remove)
+        await self._exclusively(id_or_prefix, remove, "removing")
 
-    async def _exclusively(self, id_or_prefix: str, work: Callable[[Sandbox], Awaitable[None]]) -> None:
+    async def _exclusively(self, id_or_prefix: str, work: Callable[[Sandbox], Awaitable[None]], what: str) -> None:
         """Run *work* on the sandbox once it is made, one operation at a
-        time per sandbox; nothing to do when it is unknown or gone meanwhile."""
+        time per sandbox; nothing to do when it is unknown or gone meanwhile.
+        A failure is logged once (*what*: ``stopping``...), with the pod's id."""
         sb = self.find(id_or_prefix)
         if sb is None:
             return
@@ -433,6 +443,12 @@ class SandboxManager:
         try:
             if sb.id in self.sandboxes:
                 await work(sb)
+        except Exception as e:
+            if not logs.was_logged(e) and not isinstance(e, CancelledError):
+                log.warn("{what} pod sandbox {pod_id} ({key}) failed: {error}", what=what, pod_id=sb.id, key=sb.key,
+                         error=str(e))
+                logs.mark_logged(e)
+            raise
         finally:
             lock.release()
 
@@ -457,8 +473,8 @@ class SandboxManager:
             try:
                 await self._cni.delete(self._attachment(sb))
             except RktletError as e:
-                log.error("CNI DEL for pod sandbox {id} failed: {error}; releasing the rest anyway, DEL is retried "
-                          "(--cni-del-retry-interval)", id=sb.id, error=e)
+                log.warn("CNI DEL for pod sandbox {pod_id} failed: {error}; releasing the rest anyway, DEL is retried "
+                         "(--cni-del-retry-interval)", pod_id=sb.id, error=str(e))
             sb.network_attached = False
         pinned = [sb.netns] if sb.netns else []
         if remove:
@@ -472,8 +488,8 @@ class SandboxManager:
                 # pod takes the cgroups over and removes them when it goes.
                 heir.created_cgroups = sorted(set(heir.created_cgroups) | set(sb.created_cgroups))
                 self.records.commit(heir)
-                log.info("pod sandbox {id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
-                         id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
+                log.info("pod sandbox {pod_id} leaves its cgroup {cgroup} to pod sandbox {heir}, which lives in it",
+                         pod_id=sb.id, cgroup=sb.cgroup_parent, heir=heir.id)
             else:
                 await self._in_thread(self._host.remove_cgroups, sb.created_cgroups)
             sb.created_cgroups = []
@@ -500,7 +516,7 @@ class SandboxManager:
         if sb.state != READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
         written = await self._in_thread(self._host.set_cgroup_resources, sb.cgroup_parent, resources)
-        log.info("pod sandbox {id}: resources set ({files})", id=sb.id, files=", ".join(written) or "nothing to set")
+        log.info("pod sandbox {pod_id}: resources set ({files})", pod_id=sb.id, files=", ".join(written) or "nothing to set")
 
     # -- reporting ------------------------------------------------------------------
 

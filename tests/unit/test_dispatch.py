@@ -123,3 +123,38 @@ def test_request_ids_names_key_fields():
     assert dispatch.request_ids(request) == "pod_sandbox_id=p1 name=web"
     assert dispatch.request_ids(pb.PullImageRequest(image=pb.ImageSpec(image="busybox"))) == "image=busybox"
     assert dispatch.request_ids(pb.VersionRequest()) == ""
+
+
+def test_request_id_fields_for_structured_logs():
+    request = pb.StartContainerRequest(container_id="c1")
+    assert dispatch.request_id_fields(request) == {"container_id": "c1"}
+    request = pb.RunPodSandboxRequest(config=pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="web")))
+    assert dispatch.request_id_fields(request) == {"name": "web"}
+    assert dispatch.request_id_fields(pb.StopPodSandboxRequest(pod_sandbox_id="p1")) == {"pod_id": "p1"}
+
+
+def test_a_failure_the_engine_logged_is_not_logged_again():
+    from twisted.logger import globalLogPublisher
+
+    from rktlet import logs
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for marked in (False, True):
+            class Impl:
+                def StartContainer(self, request, context):
+                    error = errors.RuntimeFailure("runc start c1: exit status 1")
+                    raise logs.mark_logged(error) if marked else error
+
+            seen.clear()
+            _, context = call(RUNTIME_SERVICE, Impl(), "StartContainer", pb.StartContainerRequest(container_id="c1"))
+            assert context.code == grpc.StatusCode.INTERNAL
+            failed = [e for e in seen if e.get("log_namespace") == "rktlet.cri" and e["log_level"].name == "error"]
+            if marked:
+                assert failed == []
+            else:
+                [event] = failed
+                assert (event["container_id"], event["error"]) == ("c1", "runc start c1: exit status 1")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)

@@ -4,6 +4,7 @@ Authentication is :mod:`.auth`'s, the HTTP exchanges :mod:`.transport`'s."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -128,15 +129,44 @@ class RegistryClient:
         self._reactor = reactor
         self._threadpool = threadpool
         self._max_manifest_size = max_manifest_size
-        self._mirrors = {domain: tuple(u.rstrip("/") for u in urls) for domain, urls in mirrors.items()}
+        self._mirrors = _normalized(mirrors)
         self._retries = max(1, retries)
         self._backoff = backoff
+        self._agent = agent
+        self._timeouts = (connect_timeout, idle_timeout)
         self._transport = Transport(reactor, is_insecure, agent, connect_timeout, idle_timeout)
         self._auth = Authenticator(reactor, self._transport)
 
     def close(self) -> Deferred[None]:
         """Close the pooled idle connections (the default agent's only)."""
         return self._transport.close()
+
+    def reconfigured(
+        self,
+        is_insecure: Callable[[str], bool] | None = None,
+        mirrors: Mapping[str, Sequence[str]] | None = None,
+    ) -> "RegistryClient":
+        """A client like this one with other insecure registries and/or
+        mirrors (``None``: unchanged); this one is left as it is, for the
+        pulls that use it.
+
+        With the same insecure registries the new client shares this one's
+        connections, tokens and what it learnt of each registry. With other
+        ones it gets its own: a connection this one opened without
+        verifying TLS must never serve a registry that is no longer insecure.
+        """
+        clone = copy.copy(self)
+        if mirrors is not None:
+            clone._mirrors = _normalized(mirrors)
+        if is_insecure is not None:
+            connect_timeout, idle_timeout = self._timeouts
+            clone._transport = Transport(self._reactor, is_insecure, self._agent, connect_timeout, idle_timeout)
+            clone._auth = Authenticator(self._reactor, clone._transport)
+        return clone
+
+    def shares_connections_with(self, other: "RegistryClient") -> bool:
+        """Whether *other* uses this client's connection pool."""
+        return self._transport is other._transport
 
     @property
     def threadpool(self) -> ThreadPool:
@@ -406,6 +436,10 @@ def _media_type(response: IResponse, body: bytes) -> str:
     except (ValueError, AttributeError, UnicodeDecodeError):
         declared = None
     return declared if isinstance(declared, str) and declared else content_type
+
+
+def _normalized(mirrors: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    return {domain: tuple(u.rstrip("/") for u in urls) for domain, urls in mirrors.items()}
 
 
 def _remove(path: str) -> None:

@@ -355,8 +355,8 @@ class Conmon:
         transport.closeChildFD(3)
         self._monitors[container_id] = monitor
         self._watcher.ready(monitor, pid)
-        log.debug("conmon {conmon_pid} created container {id} (pid {pid})",
-                  conmon_pid=monitor.conmon_pid, id=container_id, pid=pid)
+        log.debug("conmon {conmon_pid} created container {container_id} (pid {pid})",
+                  conmon_pid=monitor.conmon_pid, container_id=container_id, pid=pid)
         return monitor
 
     async def _within(self, waiting: Deferred, deadline: float, container_id: str, what: str) -> Any:
@@ -423,11 +423,11 @@ class Conmon:
         try:
             await self.runtime.delete(container_id, force=True)
         except RuntimeFailure as e:
-            log.warn("after a failed create of {id}: {error}", id=container_id, error=str(e))
+            log.warn("after a failed create of {container_id}: {error}", container_id=container_id, error=str(e))
         try:
             self.cleanup(paths)
         except RuntimeFailure as e:
-            log.warn("after a failed create of {id}: {error}", id=container_id, error=str(e))
+            log.warn("after a failed create of {container_id}: {error}", container_id=container_id, error=str(e))
 
     @staticmethod
     def _kill_monitor(monitor: Monitor) -> None:

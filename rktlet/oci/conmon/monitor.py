@@ -181,8 +181,8 @@ class Watcher:
             return
         end = monitor._conmon_end
         log.warn(
-            "conmon {pid} of container {id} ended ({how}) without writing an exit file",
-            pid=monitor.conmon_pid, id=monitor.container_id, how=end.describe() if end else "status unknown",
+            "conmon {pid} of container {container_id} ended ({how}) without writing an exit file",
+            pid=monitor.conmon_pid, container_id=monitor.container_id, how=end.describe() if end else "status unknown",
         )
         # conmon's own exit code is the container's; it is only known when
         # this daemon reaped it after a normal exit.
@@ -206,7 +206,7 @@ class Watcher:
         try:
             return read_exit(monitor.paths)
         except RuntimeFailure as e:
-            log.warn("{error}", error=str(e))
+            log.warn("{error}", error=str(e), container_id=monitor.container_id)
             return None
 
     def _now_ns(self) -> int:
