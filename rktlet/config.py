@@ -56,10 +56,22 @@ class Option:
         return self.key.replace("-", "_")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` → (host, port), brackets removed.
+
+    :raises ValueError: not that shape, or a port out of range.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
 def _host_port(value: Any) -> str:
     text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not split_address(text)[0]:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return text
 

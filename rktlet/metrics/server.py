@@ -30,6 +30,7 @@ from twisted.web.server import Request
 from twisted.web.wsgi import WSGIResource
 
 from rktlet import logs
+from rktlet.config import split_address
 from rktlet.errors import InvalidArgument, StartupError
 from rktlet.stream.httpchannel import StreamSite
 
@@ -49,12 +50,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
     :raises InvalidArgument: naming the address.
     """
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(f"metrics address {address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    try:
+        return split_address(address)
+    except ValueError:
+        raise InvalidArgument(f"metrics address {address!r} is not HOST:PORT") from None
 
 
 class _Scrapes(Resource):

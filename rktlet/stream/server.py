@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from rktlet.config import split_address
 from rktlet.errors import InvalidArgument, NotFound
 from rktlet.stream import portforward, remotecommand, websocket
 from rktlet.stream.httpchannel import DEFAULT_HEAD_TIMEOUT, StreamSite
@@ -93,13 +94,14 @@ def check_request(request: Any) -> None:
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(f"streaming address {address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` → (host, port).
+
+    :raises InvalidArgument: naming the address.
+    """
+    try:
+        return split_address(address)
+    except ValueError:
+        raise InvalidArgument(f"streaming address {address!r} is not HOST:PORT") from None
 
 
 class StreamServer:
