@@ -33,6 +33,7 @@ from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
 from rktlet.oci.host import RealHost
 from rktlet.oci.conmon import Conmon
+from rktlet.oci.exec import describe_reaper
 from rktlet.oci.procwatch import become_subreaper
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.pod.containers import ContainerManager
@@ -124,6 +125,11 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None) 
         become_subreaper()
     except OSError as e:
         log.warn("{error}; container monitors will be PID 1's children", error=str(e))
+    reaper = describe_reaper()
+    if reaper.startswith("compiled"):
+        log.info("exec reaper: {reaper}", reaper=reaper)
+    else:
+        log.warn("exec reaper: {reaper}; ExecSync is slower with it", reaper=reaper)
     claim = claim_socket(config.socket)
     try:
         # Long file-system work (unpacking, cgroup removal, disk-usage walks)
