@@ -40,9 +40,17 @@ def test_the_wheel_is_for_the_platform_and_carries_reaper_and_plugin(built_wheel
     assert not [n for n in names if n.split("/")[0] in ("tests", "harness", "bench")]
 
 
-def test_the_wheel_installs_and_runs_without_a_compiler(built_wheel, wheelhouse, venv):
+@pytest.fixture(scope="module")
+def wheel_venv(built_wheel, wheelhouse, tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel installed, with no compiler on PATH."""
+    venv = make_venv(tmp_path_factory.mktemp("wheel-venv") / "venv")
+    run([venv / "bin" / "pip", "install", built_wheel], offline_env(wheelhouse, path=str(venv / "bin")))
+    return venv
+
+
+def test_the_wheel_installs_and_runs_without_a_compiler(wheel_venv, wheelhouse):
+    venv = wheel_venv
     no_cc = offline_env(wheelhouse, path=str(venv / "bin"))
-    run([venv / "bin" / "pip", "install", built_wheel], no_cc)
     assert "--socket" in run([venv / "bin" / "rktlet", "--help"], no_cc).stdout
     assert "--socket" in run([venv / "bin" / "twistd", "rktlet", "--help"], no_cc).stdout
     reaper = reaper_in(venv, no_cc)
@@ -51,10 +59,10 @@ def test_the_wheel_installs_and_runs_without_a_compiler(built_wheel, wheelhouse,
 
 
 @pytest.mark.root
-def test_the_daemon_from_the_wheel_uses_the_compiled_reaper(built_wheel, wheelhouse, venv):
+def test_the_daemon_from_the_wheel_uses_the_compiled_reaper(wheel_venv):
     if os.geteuid() != 0:
         pytest.skip("the daemon needs root")
-    run([venv / "bin" / "pip", "install", built_wheel], offline_env(wheelhouse))
+    venv = wheel_venv
     d = Daemon(command=[str(venv / "bin" / "rktlet")])
     d.env = {"PYTHONPATH": ""}  # the installed package, not this checkout
     try:
