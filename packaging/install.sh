@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install rktlet and what it runs on, on Debian 12, as root:
 #   - Debian packages: runc, conmon, CNI plugins, catatonit, iptables, python3-venv,
-#     gcc (to build the small exec reaper, rktlet/oci/reaper.c);
+#     gcc (the package build compiles the small exec reaper, rktlet/oci/reaper.c);
 #   - the rktlet Python package in its own virtualenv, /opt/rktlet
 #     (the `rktlet` command is /opt/rktlet/bin/rktlet);
 #   - /etc/rktlet/rktlet.toml (the defaults, documented) if there is none;
@@ -24,10 +24,8 @@ apt-get install -y -qq runc conmon containernetworking-plugins catatonit iptable
 
 [ -x "$prefix/bin/python" ] || "$python" -m venv "$prefix"
 "$prefix/bin/pip" install -q --upgrade pip
-"$prefix/bin/pip" install -q "$here"
-# The compiled exec reaper: ExecSync's fast path (rktlet/oci/exec/reaper.py falls back to a
-# Python one without it).
-cc -O2 -Wall -o "$prefix/bin/rktlet-exec-reaper" "$here/rktlet/oci/reaper.c"
+# The build compiles the exec reaper into the package: a missing compiler fails here.
+RKTLET_REQUIRE_REAPER=1 "$prefix/bin/pip" install -q "$here"
 
 install -d -m 0755 /etc/rktlet
 [ -e /etc/rktlet/rktlet.toml ] || install -m 0644 "$here/packaging/rktlet.toml" /etc/rktlet/rktlet.toml

@@ -37,6 +37,7 @@ from rktlet.oci import cgroups
 from rktlet.oci.handlers import Handlers
 from rktlet.oci.host import RealHost
 from rktlet.oci.conmon import Conmon
+from rktlet.oci.exec import describe_reaper
 from rktlet.oci.procwatch import become_subreaper
 from rktlet.oci.runtime import OCIRuntime
 from rktlet.pod.containers import ContainerManager
@@ -204,6 +205,11 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
         log.warn("{line}", line=result.line)
     if report.failures:
         raise preflight.PreflightFailed(report.failures)
+    reaper = describe_reaper()
+    if reaper.startswith("compiled"):
+        log.info("exec reaper: {reaper}", reaper=reaper)
+    else:
+        log.warn("exec reaper: {reaper}; ExecSync is slower with it", reaper=reaper)
     # Long file-system work (unpacking, cgroup removal, disk-usage walks)
     # must leave threads for the quick reads Status and the stats need.
     reactor.suggestThreadPoolSize(config.blocking_threads)

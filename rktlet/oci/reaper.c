@@ -9,8 +9,9 @@
  * runc exits, and reports "exit N" (the command's status, 128+N for signal
  * N), "runc N" (runc failed) or "lost WHY". Starting a C program costs a
  * millisecond where an interpreter costs ten or more: this is ExecSync's
- * hot path. Built by tests/run and packaging/install.sh when a C compiler
- * is there; without it, exec.py uses the Python reaper.
+ * hot path. The package build (setup.py, build_reaper) compiles it into the
+ * package as rktlet/oci/exec/rktlet-exec-reaper; built without a C
+ * compiler, rktlet uses the Python reaper and says so in its log.
  */
 #define _GNU_SOURCE
 #include <errno.h>

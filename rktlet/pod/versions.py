@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from rktlet import logs
 from rktlet.network.cni_config import find_plugin
+from rktlet.oci.exec import describe_reaper
 from rktlet.process import run_process
 
 log = logs.logger("rktlet.pod.versions")
@@ -22,7 +23,8 @@ def _first_line(data: bytes) -> str:
 
 async def collect(reactor: Any, handlers: Mapping[str, str], cni_bin_dirs: Sequence[str],
                   conmon: str = "conmon") -> dict[str, Any]:
-    """``{"runtimes": {handler: version}, "conmon": ..., "cniPlugins": {name: about}}``."""
+    """``{"runtimes": {handler: version}, "conmon": ..., "cniPlugins": {name: about},
+    "execReaper": "compiled <path>" | "python (...)"}``."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
 
     async def ask(argv: list[str]) -> str:
@@ -40,4 +42,5 @@ async def collect(reactor: Any, handlers: Mapping[str, str], cni_bin_dirs: Seque
         path = find_plugin(plugin, cni_bin_dirs)
         # A plugin run with no CNI_COMMAND prints what it is.
         versions["cniPlugins"][plugin] = (await ask([path])) if path else "not found"
+    versions["execReaper"] = describe_reaper()
     return versions

@@ -55,7 +55,7 @@ files, the runc or reaper command line, the process protocol), :mod:`.reaper`,
 from rktlet.oci.exec.interactive import ExecSession, InputFlow, start_exec
 from rktlet.oci.exec.kill import session_members
 from rktlet.oci.exec.process import DRAIN_GRACE, KILL_GRACE, ExecResult, exit_code_of, parse_runc_log
-from rktlet.oci.exec.reaper import COMPILED_REAPER, parse_reaper_report
+from rktlet.oci.exec.reaper import COMPILED_REAPER, describe_reaper, parse_reaper_report
 from rktlet.oci.exec.spec import DEFAULT_WINDOW, exec_process_spec, load_container_process
 from rktlet.oci.exec.sync import (
     EXEC_SYNC_OUTPUT_LIMIT,
@@ -68,6 +68,7 @@ from rktlet.oci.exec.sync import (
 __all__ = [
     "COMPILED_REAPER",
     "DEFAULT_WINDOW",
+    "describe_reaper",
     "DRAIN_GRACE",
     "EXEC_SYNC_OUTPUT_LIMIT",
     "EXEC_SYNC_RESPONSE_BUDGET",

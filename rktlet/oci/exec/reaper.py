@@ -52,19 +52,41 @@ report("exit %d" % code(reaped[target]))
 """
 
 COMPILED_REAPER = "rktlet-exec-reaper"
+#: Where the package build (setup.py ``build_reaper``) puts the compiled
+#: reaper: in this package, beside this module.
+PACKAGED_REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), COMPILED_REAPER)
+
+
+def find_compiled_reaper() -> str | None:
+    """The compiled reaper (``reaper.c``): the one the package build put in
+    this package; else one beside this interpreter or on ``PATH``
+    (installed by hand); None when there is none."""
+    beside = os.path.join(os.path.dirname(sys.executable or ""), COMPILED_REAPER)
+    for candidate in (PACKAGED_REAPER, beside):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which(COMPILED_REAPER)
 
 
 @functools.lru_cache(maxsize=1)
 def reaper_command() -> tuple[str, ...]:
-    """The reaper to run: the compiled one (``reaper.c``, installed beside
-    this interpreter by tests/run and packaging/install.sh) starts in about a
-    millisecond; else this interpreter with ``-I -S`` (no site packages, no
+    """The reaper to run: the compiled one starts in about a millisecond;
+    else this interpreter with ``-I -S`` (no site packages, no
     environment), which takes 10–20 ms to start."""
-    beside = os.path.join(os.path.dirname(sys.executable or ""), COMPILED_REAPER)
-    found = beside if os.access(beside, os.X_OK) else shutil.which(COMPILED_REAPER)
+    found = find_compiled_reaper()
     if found:
         return (found,)
     return (sys.executable or "python3", "-I", "-S", "-c", SCRIPT)
+
+
+def describe_reaper() -> str:
+    """Which reaper ExecSync uses, for the log and ``Status`` verbose info:
+    ``compiled <path>`` or ``python (...)``."""
+    command = reaper_command()
+    if len(command) == 1:
+        return f"compiled {command[0]}"
+    return (f"python ({COMPILED_REAPER} not found in the package, beside {sys.executable} or on PATH: "
+            f"the package was built without a C compiler)")
 
 
 def parse_reaper_report(data: bytes) -> tuple[str, int | None, str]:
