@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rktlet.oci.userns import IDMapping, UserNamespace
+
 __all__ = [
     "Mount",
     "Device",
@@ -49,6 +51,10 @@ class Mount:
     :ivar recursive_read_only: read-only all the way down: mounts under
         *host_path* too (runc's ``rro``; needs *readonly* and private
         propagation).
+    :ivar uid_mappings: with *gid_mappings*, an idmapped mount: a file
+        owned by host id H appears owned by the container id these ranges
+        map onto H (what the kubelet sends for pods with their own user
+        namespace: the pod's mappings).
     """
 
     container_path: str
@@ -56,6 +62,8 @@ class Mount:
     readonly: bool = False
     propagation: str = "private"
     recursive_read_only: bool = False
+    uid_mappings: tuple[IDMapping, ...] = ()
+    gid_mappings: tuple[IDMapping, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,9 @@ class ContainerConfig:
     security: Security = Security()
     sysctls: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    #: The user namespace the request names: "" (none), "node" or "pod"
+    #: (the pod's: a container always joins its pod's user namespace).
+    userns_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,8 @@ class PodContext:
         /dev/shm when the pod shares the host's IPC namespace.
     :ivar cgroup_parent: the pod's cgroup (cgroupfs path).
     :ivar sysctls: the pod's sysctls (the container's own are added to them).
+    :ivar userns: the pod's user namespace (its file is
+        ``namespaces["user"]``), or None: the host's.
     """
 
     namespaces: Mapping[str, str]
@@ -191,6 +204,7 @@ class PodContext:
     shm: str
     cgroup_parent: str
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    userns: UserNamespace | None = None
 
 
 @dataclass(frozen=True)

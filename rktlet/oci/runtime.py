@@ -125,17 +125,32 @@ class RuntimeFeatures:
 
     :ivar recursive_read_only_mounts: it knows the ``rro`` mount option.
     :ivar mount_options: every mount option it knows.
+    :ivar idmap_mounts: it makes idmapped mounts (``linux.mountExtensions.idmap.enabled``:
+        runc 1.2 and later).
+    :ivar user_namespaces: pods can have user namespaces with it: it knows
+        the ``user`` namespace and makes idmapped mounts (without them, a
+        pod's volumes could not appear with the right owners).
     """
 
     recursive_read_only_mounts: bool = False
     mount_options: frozenset[str] = frozenset()
+    idmap_mounts: bool = False
+    user_namespaces: bool = False
 
     @classmethod
     def from_json(cls, doc: Any) -> "RuntimeFeatures":
         """From ``runc features``'s JSON (anything else: nothing supported)."""
-        options = doc.get("mountOptions") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            doc = {}
+        options = doc.get("mountOptions")
         known = frozenset(o for o in options if isinstance(o, str)) if isinstance(options, list) else frozenset()
-        return cls(recursive_read_only_mounts="rro" in known, mount_options=known)
+        linux = doc.get("linux") if isinstance(doc.get("linux"), dict) else {}
+        extensions = linux.get("mountExtensions") if isinstance(linux.get("mountExtensions"), dict) else {}
+        idmap = extensions.get("idmap") if isinstance(extensions.get("idmap"), dict) else {}
+        idmap_mounts = idmap.get("enabled") is True
+        kinds = linux.get("namespaces") if isinstance(linux.get("namespaces"), list) else []
+        return cls(recursive_read_only_mounts="rro" in known, mount_options=known, idmap_mounts=idmap_mounts,
+                   user_namespaces=idmap_mounts and "user" in kinds)
 
 
 class OCIRuntime:

@@ -24,6 +24,7 @@ import pytest
 
 from rktlet import debugpoints as points
 from rktlet.cri.proto import pb
+from harness.runc import test_runc
 from harness.containers import container_config, create, start, status
 from harness.daemon import Daemon
 from harness.network import TestNetwork
@@ -107,7 +108,7 @@ class Crashing:
         return found
 
     def in_runtime(self) -> list[str]:
-        out = subprocess.run(["runc", "--root", os.path.join(self.d.run_dir, "runtime", "runc"), "list", "-q"],
+        out = subprocess.run([test_runc(), "--root", os.path.join(self.d.run_dir, "runtime", "runc"), "list", "-q"],
                              capture_output=True, text=True, check=True).stdout
         return out.split()
 
