@@ -121,9 +121,11 @@ class Crashing:
         for p in runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
             runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
             runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
-        # Files of removed containers go after the answer: wait a moment.
-        wait_until(lambda: not self.mounts("/containers/") and not self.containers_dirs(),
-                   "the removed containers' files removed", timeout=10)
+        # Files of removed containers go after the answer, and a half-made
+        # pod is undone after the restart (CNI DEL first, then its
+        # namespaces and /dev/shm): wait a moment.
+        wait_until(lambda: not self.mounts() and not self.containers_dirs(),
+                   "the removed containers' and pods' files removed", timeout=10)
         assert self.mounts() == []
         assert self.containers_dirs() == []
         assert self.in_runtime() == []

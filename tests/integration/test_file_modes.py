@@ -134,11 +134,13 @@ def test_container_files_are_not_reachable_by_host_users(daemon, test_network, p
     assert reachable_violations(daemon.root, daemon.run_dir) == []
     for path in (daemon.root, bundle, layer, os.path.dirname(lowers[0]), pod_dir, f"{pod_dir}/ns",
                  os.path.join(daemon.root, "images"), os.path.join(daemon.root, "pods"),
-                 os.path.join(daemon.root, "containers"), os.path.join(daemon.run_dir, "containers"),
+                 os.path.join(daemon.root, "containers"),
                  os.path.join(daemon.run_dir, "pods"), os.path.join(daemon.run_dir, "exits"),
                  os.path.join(daemon.run_dir, "s"), os.path.join(daemon.run_dir, "runtime")):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
     assert stat.S_IMODE(os.stat(daemon.run_dir).st_mode) == 0o711
+    # Traversed (never listed) by the roots of pods with a user namespace of their own.
+    assert stat.S_IMODE(os.stat(os.path.join(daemon.run_dir, "containers")).st_mode) == 0o711
     for path in (f"{bundle}/config.json", os.path.join(daemon.root, "pods", f"{pod_id}.json"),
                  os.path.join(daemon.root, "containers", f"{cid}.json"),
                  os.path.join(daemon.root, "images", "images.json")):

@@ -158,6 +158,9 @@ def test_pod_in_its_own_user_namespace(daemon, image, tmp_path):
     response = daemon.runtime().ExecSync(pb.ExecSyncRequest(container_id=named_id, cmd=["cat", "/proc/self/uid_map"],
                                                             timeout=10), timeout=20)
     assert response.exit_code == 0 and response.stdout.split() == [b"0", str(HOST_ID).encode(), str(LENGTH).encode()]
+    # Statistics read the pod's network namespace (owned by its user namespace).
+    stats = daemon.runtime().PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30).stats
+    assert stats.linux.network.default_interface.name == "eth0"
     daemon.runtime().StopContainer(pb.StopContainerRequest(container_id=named_id, timeout=0), timeout=30)
 
     daemon.runtime().StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
