@@ -253,7 +253,10 @@ async def create_pinned(reactor: Any, paths: Mapping[str, str], userns: UserName
     argv = ["unshare", "--user", *(_UNSHARE_FLAGS[k] for k in sorted(paths) if k in _UNSHARE_FLAGS), "--", "cat"]
     holder = _Holder()
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    transport = reactor.spawnProcess(holder, argv[0], argv, env=env)
+    try:
+        transport = reactor.spawnProcess(holder, argv[0], argv, env=env)
+    except OSError as e:
+        raise RuntimeFailure(f"create the pod's user namespace: cannot run unshare: {os.strerror(e.errno or 0)}") from e
     pid = transport.pid
     made: list[str] = []
     try:
@@ -380,7 +383,11 @@ def mount_overlay_idmapped(target: str, lowers: Sequence[str], upper: str, work:
 
     common = os.path.commonpath(list(lowers)) if len(lowers) > 1 else os.path.dirname(lowers[0])
     make_dir(scratch, PRIVATE_DIR)
-    idmapped_bind(common, scratch, userns_path, readonly=True)
+    try:
+        idmapped_bind(common, scratch, userns_path, readonly=True)
+    except OSError:
+        os.rmdir(scratch)
+        raise
     try:
         mapped = [os.path.join(scratch, os.path.relpath(lower, common)) for lower in lowers]
         # The container's "/" (the upper's root) is its root's; what it
