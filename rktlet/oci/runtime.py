@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
@@ -28,6 +28,7 @@ from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
 from rktlet.mountinfo import mount_points_under
 from rktlet.oci.mounts import unmount
+from rktlet.oci.userns import IDMAPPED_LAYERS_KERNEL, kernel_version
 from rktlet.process import run_process
 
 __all__ = ["OCIRuntime", "clean_message", "is_absent", "is_not_running"]
@@ -275,7 +276,13 @@ class OCIRuntime:
         except (RuntimeFailure, ValueError) as e:
             log.warn("{binary} features: {error}; assuming no optional features", binary=self.binary, error=e)
             doc = None
-        self.features = RuntimeFeatures.from_json(doc)
+        features = RuntimeFeatures.from_json(doc)
+        if features.user_namespaces and kernel_version() < IDMAPPED_LAYERS_KERNEL:
+            # Root filesystems are overlays of idmapped layers: not on this kernel.
+            log.warn("{binary} makes idmapped mounts, but Linux {release} cannot use idmapped overlay layers "
+                     "(5.19 or later): no user namespaces", binary=self.binary, release=os.uname().release)
+            features = replace(features, user_namespaces=False)
+        self.features = features
         return self.features
 
     async def list_ids(self) -> list[str]:

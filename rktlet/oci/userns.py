@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -54,6 +55,8 @@ __all__ = [
     "idmapped_bind",
     "mount_overlay_idmapped",
     "MAX_ID",
+    "kernel_version",
+    "IDMAPPED_LAYERS_KERNEL",
 ]
 
 #: The largest valid uid/gid: (uid_t)-1 is "no id" to the kernel.
@@ -137,6 +140,16 @@ class IDMappedRoot:
     uid: int
     gid: int
     scratch: str
+
+
+#: overlayfs accepts idmapped lower layers from this kernel on.
+IDMAPPED_LAYERS_KERNEL = (5, 19)
+
+
+def kernel_version(release: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the running kernel (or of *release*, ``uname -r``)."""
+    match = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 def _check_range(mappings: Sequence[IDMapping], what: str) -> None:

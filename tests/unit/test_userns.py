@@ -131,6 +131,13 @@ def test_user_namespaces_need_the_idmap_mount_extension():
     assert not RuntimeFeatures.from_json({"linux": {"mountExtensions": {"idmap": {"enabled": "yes"}}}}).idmap_mounts
 
 
+def test_kernel_versions():
+    from rktlet.oci.userns import IDMAPPED_LAYERS_KERNEL, kernel_version
+
+    assert kernel_version("6.18.44-fc-v1147") == (6, 18) and kernel_version("5.4.0-150-generic") == (5, 4)
+    assert kernel_version("5.19rc1") == (5, 19) >= IDMAPPED_LAYERS_KERNEL and kernel_version("junk") == (0, 0)
+
+
 # -- the OCI spec -----------------------------------------------------------------------------
 
 def test_the_spec_joins_the_pods_user_namespace_first(tmp_path):
