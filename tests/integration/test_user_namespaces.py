@@ -240,3 +240,26 @@ def test_host_user_namespace_mode_node_keeps_the_hosts(daemon, image, tmp_path):
     with open("/proc/self/uid_map") as f:
         assert log_text(s.log_path).split() == f.read().encode().split()
     assert "user" not in json.loads(pod_status(daemon, pod_id, verbose=True).info["info"])["namespaces"]
+
+
+def test_a_restart_keeps_the_pod_and_its_container(daemon, image, tmp_path):
+    """kill -9 of rktlet: the pod keeps its pinned user namespace and its
+    running container, which works as before once rktlet is back."""
+    import signal
+
+    config = userns_pod(tmp_path)
+    pod_id = run_pod(daemon, config, handler=IDMAP_HANDLER)
+    c = with_userns(container_config("long", image["busybox"], command=["sh", "-c", "trap 'exit 0' TERM; "
+                                                                        "while true; do sleep 1; done"]), config)
+    cid = create(daemon, pod_id, config, c)
+    start(daemon, cid)
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    assert pod_status(daemon, pod_id).status.state == pb.SANDBOX_READY
+    assert status(daemon, cid).status.state == pb.CONTAINER_RUNNING
+    response = daemon.runtime().ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["stat", "-c", "%u", "/bin/busybox"],
+                                                            timeout=10), timeout=20)
+    assert (response.exit_code, response.stdout) == (0, b"0\n")
+    later = with_userns(container_config("later", image["busybox"], command=["cat", "/proc/self/uid_map"]), config)
+    s = run_to_exit(daemon, pod_id, config, later)
+    assert log_text(s.log_path).split() == [b"0", str(HOST_ID).encode(), str(LENGTH).encode()]
