@@ -17,6 +17,7 @@ import grpc
 
 from rktlet.cri.proto import pb
 from harness.processes import CriClients, read_log, stop_process
+from harness.runc import test_runc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +62,10 @@ class Daemon(CriClients):
                  log_level: str | None = "debug", log_format: str | None = None) -> None:
         # Short paths: a unix socket path must fit in 108 bytes.
         self.base = tempfile.mkdtemp(prefix="rktlet-", dir="/tmp")
+        # 0711 (search only), as /run is 0755 on a host: the root of a pod
+        # with its own user namespace (an unprivileged host uid) traverses
+        # the run dir below to its containers' root filesystems.
+        os.chmod(self.base, 0o711)
         self.root = os.path.join(self.base, "root")
         self.run_dir = os.path.join(self.base, "run")
         self.socket = os.path.join(self.run_dir, "rktlet.sock")
@@ -88,6 +93,8 @@ class Daemon(CriClients):
             "--stream-address", f"127.0.0.1:{self.stream_port}",
             *(["--log-level", self.log_level] if self.log_level else []),
             *(["--log-format", self.log_format] if self.log_format else []),
+            # The default handler's runc: $RKTLET_TEST_RUNC (see harness.runc).
+            *(["--runtime", test_runc()] if os.environ.get("RKTLET_TEST_RUNC") else []),
             *self.extra_args,
         ]  # fmt: skip
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.internet import reactor
 
+from harness.runc import test_runc
 from rktlet.errors import RuntimeFailure
 from rktlet.image.unpack import unpack_layer
 from rktlet.oci import cgroups
@@ -29,7 +30,7 @@ from harness.images import busybox_layer
 from harness.processes import MONITOR_NAMES, live_cmdlines, reap_orphans
 from harness.waiting import wait_for
 
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
+RUNC = test_runc()
 CONMON = shutil.which("conmon") or "/usr/bin/conmon"
 
 # A CRI log record: RFC 3339 time with 9 fractional digits and an offset.

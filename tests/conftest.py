@@ -18,6 +18,17 @@ from harness.pods import remove_all_pods
 from harness.fixtures import *  # noqa: F401,F403  (registry, pushed_images)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runc", default="", metavar="PATH",
+                     help="the runc the daemon's default handler and the runc-driving tests use "
+                          "(sets RKTLET_TEST_RUNC; default: runc from PATH)")
+
+
+def pytest_configure(config):
+    if config.getoption("--runc", default=""):
+        os.environ["RKTLET_TEST_RUNC"] = os.path.abspath(config.getoption("--runc"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Integration and e2e tests need root: skip them, saying so, without it."""
     if os.geteuid() == 0:

@@ -9,8 +9,10 @@ import re
 
 from rktlet.cri.proto import known, pb
 from rktlet.errors import InvalidArgument
+from rktlet.cri.sandbox_convert import mappings as id_mappings, user_namespace
 from rktlet.oci import image_volumes
 from rktlet.oci.container_config import ContainerConfig, Device, Mount, Profile, Resources, Security
+from rktlet.oci.userns import MAX_ID
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
 
 STATES = {CREATED: pb.CONTAINER_CREATED, RUNNING: pb.CONTAINER_RUNNING, EXITED: pb.CONTAINER_EXITED}
@@ -112,9 +114,23 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         if m.recursive_read_only and propagation != "private":
             raise InvalidArgument(f"config.mounts[{i}].recursive_read_only needs PROPAGATION_PRIVATE, "
                                   f"not {pb.MountPropagation.Name(m.propagation)}")
+        uids, gids = id_mappings(m.uidMappings), id_mappings(m.gidMappings)
+        if bool(uids) != bool(gids):
+            raise InvalidArgument(f"config.mounts[{i}]: an idmapped mount needs both uidMappings and gidMappings")
+        for name, ranges in (("uidMappings", uids), ("gidMappings", gids)):
+            for j, r in enumerate(ranges):
+                if r.length < 1 or max(r.container_id, r.host_id) + r.length - 1 > MAX_ID:
+                    raise InvalidArgument(f"config.mounts[{i}].{name}[{j}]: {r.container_id} {r.host_id} {r.length} "
+                                          "is not a range of valid ids")
+        if image:
+            # An image volume is an overlay, which this kernel cannot
+            # idmap: its files (root's) appear as the overflow id inside a
+            # user-namespaced pod, readable as the image made them.
+            uids, gids = (), ()
         mounts.append(Mount(m.container_path, m.host_path, m.readonly, propagation, m.recursive_read_only,
                             image=image, image_sub_path=sub_path,
-                            user_specified_image=m.image.user_specified_image if image else ""))
+                            user_specified_image=m.image.user_specified_image if image else "",
+                            uid_mappings=uids, gid_mappings=gids))
     devices = tuple(Device(d.container_path, d.host_path, d.permissions or "rwm") for d in c.devices)
     sc = c.linux.security_context
     security = Security(
@@ -137,6 +153,9 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
                                          "config.linux.security_context.supplemental_groups_policy",
                                          pb.SupplementalGroupsPolicy),
     )
+    where = "config.linux.security_context.namespace_options.userns_options"
+    ns = sc.namespace_options
+    userns_mode = "" if not ns.HasField("userns_options") else "pod" if user_namespace(ns, where) else "node"
     config = ContainerConfig(
         name=c.metadata.name,
         command=tuple(c.command),
@@ -151,6 +170,7 @@ def container_config(request: pb.CreateContainerRequest) -> tuple[ContainerConfi
         resources=resources(c.linux.resources, "config.linux.resources"),
         security=security,
         annotations=tuple(sorted(c.annotations.items())),
+        userns_mode=userns_mode,
     )
     return config, log_path
 
@@ -242,7 +262,9 @@ def _mount_status(m: dict) -> pb.Mount:
     ``host_path``."""
     out = pb.Mount(container_path=m["container_path"], host_path=m["host_path"], readonly=m["readonly"],
                    propagation=_PROPAGATION_ENUMS.get(m["propagation"], pb.PROPAGATION_PRIVATE),
-                   recursive_read_only=bool(m.get("recursive_read_only")))
+                   recursive_read_only=bool(m.get("recursive_read_only")),
+                   uidMappings=[pb.IDMapping(**r) for r in m.get("uid_mappings", ())],
+                   gidMappings=[pb.IDMapping(**r) for r in m.get("gid_mappings", ())])
     if m.get("image_ref"):
         out.image.image = m["image_ref"]
         out.image.image_ref = m["image_ref"]

@@ -68,6 +68,7 @@ class RuntimeService(StreamingRPCs, Servicer):
             handler = response.runtime_handlers.add(name=name)
             if features is not None:
                 handler.features.recursive_read_only_mounts = features.recursive_read_only_mounts
+                handler.features.user_namespaces = features.user_namespaces
         if request.verbose:
             info = self._on_reactor(context, self._engine.status_info)
             for key, value in info.items():

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from typing import Any
 
 from rktlet.cri.proto import enum_name, known, pb
 from rktlet.errors import InvalidArgument
+from rktlet.oci.userns import IDMapping, UserNamespace, check_mappings
 from rktlet.pod.sandbox import MODE_CONTAINER, MODE_NODE, MODE_POD, MODE_TARGET, NOTREADY, READY, Sandbox
 from rktlet.pod.spec import PortSpec, SandboxSpec
 
@@ -43,8 +45,16 @@ def sandbox_spec(request: pb.RunPodSandboxRequest) -> SandboxSpec:
                 "is not a mode a pod can have"
             )
         modes[field] = mode
-    if ns.HasField("userns_options") and ns.userns_options.mode == pb.POD:
-        raise InvalidArgument("config.linux.security_context.namespace_options.userns_options: user namespaces are not supported yet")
+    userns = user_namespace(ns, "config.linux.security_context.namespace_options.userns_options")
+    if userns is not None:
+        shared = [f for f in ("network", "pid", "ipc") if modes[f] == MODE_NODE]
+        if shared:
+            # The pod's root would hold capabilities over host namespaces
+            # it cannot own (the kubelet refuses hostUsers: false with them).
+            raise InvalidArgument(
+                "config.linux.security_context.namespace_options: a pod with its own user namespace cannot "
+                f"share the host's {', '.join(shared)} namespace"
+            )
     ports = []
     for i, p in enumerate(config.port_mappings):
         where = f"config.port_mappings[{i}]"
@@ -84,7 +94,34 @@ def sandbox_spec(request: pb.RunPodSandboxRequest) -> SandboxSpec:
         network_mode=modes["network"],
         pid_mode=modes["pid"],
         ipc_mode=modes["ipc"],
+        userns=userns,
     )
+
+
+def mappings(items: Any) -> tuple[IDMapping, ...]:
+    """CRI ``IDMapping`` messages as :class:`IDMapping` records."""
+    return tuple(IDMapping(m.container_id, m.host_id, m.length) for m in items)
+
+
+def user_namespace(ns: pb.NamespaceOption, where: str) -> UserNamespace | None:
+    """The pod's user namespace from ``NamespaceOption.userns_options``:
+    None for NODE (or unset: the host's, what the kubelet sends for
+    ``hostUsers: true``), the checked mappings for POD; CONTAINER and
+    TARGET are refused, as by containerd and CRI-O.
+
+    :raises InvalidArgument: naming the field.
+    """
+    if not ns.HasField("userns_options"):
+        return None
+    options = ns.userns_options
+    if options.mode == pb.NODE:
+        if options.uids or options.gids:
+            raise InvalidArgument(f"{where}: mode NODE (the host's user namespace) takes no uid or gid mappings")
+        return None
+    if options.mode != pb.POD:
+        raise InvalidArgument(f"{where}.mode: {enum_name(pb.NamespaceMode, options.mode)} is not supported "
+                              "(only POD, a user namespace per pod, or NODE, the host's)")
+    return check_mappings(mappings(options.uids), mappings(options.gids), where)
 
 
 def metadata(sb: Sandbox) -> pb.PodSandboxMetadata:
@@ -124,6 +161,14 @@ def sandbox_status(sb: Sandbox) -> pb.PodSandboxStatus:
             )
         ),
     )
+    userns = sb.user_namespace
+    if userns is not None:
+        options = status.linux.namespaces.options.userns_options
+        options.mode = pb.POD
+        options.uids.extend(pb.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+                            for m in userns.uids)
+        options.gids.extend(pb.IDMapping(container_id=m.container_id, host_id=m.host_id, length=m.length)
+                            for m in userns.gids)
     if sb.ips and sb.network_mode != MODE_NODE:
         status.network.ip = sb.ips[0]
         status.network.additional_ips.extend(pb.PodIP(ip=ip) for ip in sb.ips[1:])

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rktlet.oci.userns import IDMapping, UserNamespace
+
 __all__ = [
     "Mount",
     "Device",
@@ -55,6 +57,10 @@ class Mount:
     :ivar image_sub_path: a directory of that image to mount instead of its
         root (checked: relative, not above the root).
     :ivar user_specified_image: the image as the pod's author wrote it.
+    :ivar uid_mappings: with *gid_mappings*, an idmapped mount: a file
+        owned by host id H appears owned by the container id these ranges
+        map onto H (what the kubelet sends for pods with their own user
+        namespace: the pod's mappings).
     """
 
     container_path: str
@@ -65,6 +71,8 @@ class Mount:
     image: str = ""
     image_sub_path: str = ""
     user_specified_image: str = ""
+    uid_mappings: tuple[IDMapping, ...] = ()
+    gid_mappings: tuple[IDMapping, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,9 @@ class ContainerConfig:
     security: Security = Security()
     sysctls: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
+    #: The user namespace the request names: "" (none), "node" or "pod"
+    #: (the pod's: a container always joins its pod's user namespace).
+    userns_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,8 @@ class PodContext:
         /dev/shm when the pod shares the host's IPC namespace.
     :ivar cgroup_parent: the pod's cgroup (cgroupfs path).
     :ivar sysctls: the pod's sysctls (the container's own are added to them).
+    :ivar userns: the pod's user namespace (its file is
+        ``namespaces["user"]``), or None: the host's.
     """
 
     namespaces: Mapping[str, str]
@@ -200,6 +213,7 @@ class PodContext:
     shm: str
     cgroup_parent: str
     sysctls: Mapping[str, str] = field(default_factory=dict)
+    userns: UserNamespace | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ import struct
 from typing import Any, Iterable, Mapping, Sequence
 
 from rktlet.oci import cgroups, infra, mounts, namespaces
+from rktlet.oci import userns as user_namespaces
 from rktlet.oci.infra import InfraProcess
+from rktlet.oci.userns import IDMappedRoot, UserNamespace
 
 __all__ = ["RealHost", "loopback_up"]
 
@@ -47,17 +49,28 @@ class RealHost:
 
     # -- mounts (blocking) --------------------------------------------------
 
-    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str) -> None:
-        """Blocking: an overlay of *lowers* (top first), *upper* and *work* on *target*."""
+    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str,
+                      idmap: IDMappedRoot | None = None) -> None:
+        """Blocking: an overlay of *lowers* (top first), *upper* and *work*
+        on *target*; with *idmap*, see :func:`rktlet.oci.userns.mount_overlay_idmapped`."""
+        if idmap is not None:
+            user_namespaces.mount_overlay_idmapped(target, lowers, upper, work, idmap.scratch, idmap.userns_path,
+                                          idmap.uid, idmap.gid)
+            return
         mounts.mount("overlay", target, "overlay", 0, f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
 
     def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
         """Blocking: see :func:`rktlet.oci.mounts.mount_readonly_overlay`."""
         mounts.mount_readonly_overlay(target, lowers)
 
-    def mount_shm(self, target: str, size_bytes: int) -> None:
+    def mount_shm(self, target: str, size_bytes: int, owner: tuple[int, int] | None = None) -> None:
         """Blocking: see :func:`rktlet.oci.mounts.mount_shm`."""
-        mounts.mount_shm(target, size_bytes)
+        mounts.mount_shm(target, size_bytes, owner)
+
+    def give_to(self, paths: Sequence[str], uid: int, gid: int) -> None:
+        """Blocking: chown each of *paths* (not following a symlink)."""
+        for path in paths:
+            os.lchown(path, uid, gid)
 
     def unmount(self, target: str) -> None:
         """Blocking, idempotent: see :func:`rktlet.oci.mounts.unmount`."""
@@ -73,6 +86,26 @@ class RealHost:
                                  sysctls: Mapping[str, str] = {}) -> None:  # noqa: B006 (read-only)
         """Blocking: see :func:`rktlet.oci.namespaces.create_pinned`."""
         namespaces.create_pinned(paths, hostname=hostname, sysctls=sysctls)
+
+    async def create_pinned_namespaces_in_userns(self, paths: Mapping[str, str], userns: UserNamespace,
+                                                 hostname: str | None = None,
+                                                 sysctls: Mapping[str, str] = {}) -> None:  # noqa: B006
+        """Async: see :func:`rktlet.oci.userns.create_pinned`, then
+        :func:`rktlet.oci.namespaces.configure_pinned` for the hostname and
+        sysctls (checked first: nothing is made for a bad one)."""
+        others = {k: v for k, v in paths.items() if k != "user"}
+        namespaces.check_settings(others, hostname, sysctls)
+        await user_namespaces.create_pinned(self._reactor, paths, userns, self._in_thread)
+        try:
+            await self._in_thread(namespaces.configure_pinned, others, hostname, sysctls, userns.root_uid)
+        except BaseException:
+            await self._in_thread(namespaces.remove_pinned, list(reversed(list(paths.values()))))
+            raise
+
+    def _in_thread(self, fn: Any, *args: Any) -> Any:
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
 
     def remove_pinned_namespaces(self, paths: Iterable[str]) -> None:
         """Blocking, idempotent: see :func:`rktlet.oci.namespaces.remove_pinned`."""

@@ -1,5 +1,6 @@
 """The infra process of a pod that shares one PID namespace: ``catatonit -P``
-as its PID 1, in the pod's network, IPC and UTS namespaces.
+as its PID 1, in the pod's network, IPC and UTS namespaces (and its user
+namespace, which then owns the new PID namespace).
 
 Started as ``setsid nsenter --net=… --ipc=… --uts=… unshare --pid --fork
 --kill-child catatonit -P``: ``setsid`` keeps it out of the daemon's process
@@ -25,7 +26,9 @@ from rktlet.errors import RuntimeFailure
 log = logs.logger("rktlet.oci.infra")
 
 CATATONIT = "catatonit"
-_NSENTER_FLAGS = {"net": "--net", "ipc": "--ipc", "uts": "--uts"}
+# nsenter joins the user namespace first (then it is root in there, with the
+# capabilities to join the others it owns and to make the PID namespace).
+_NSENTER_FLAGS = {"user": "--user", "net": "--net", "ipc": "--ipc", "uts": "--uts"}
 
 
 @dataclass(frozen=True)

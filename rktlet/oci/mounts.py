@@ -38,14 +38,18 @@ def unmount(target: str) -> None:
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
-def mount_shm(target: str, size_bytes: int) -> None:
+def mount_shm(target: str, size_bytes: int, owner: tuple[int, int] | None = None) -> None:
     """A pod's /dev/shm: a size-limited tmpfs, mode 1777, nosuid/nodev/noexec.
     The mount point is made 0700 (the tmpfs's 1777 root covers it once
     mounted); the caller keeps its parent 0700, so host users cannot reach
-    the tmpfs, which containers get as their /dev/shm."""
+    the tmpfs, which containers get as their /dev/shm.  *owner* (host uid,
+    gid): who owns its root directory (root by default)."""
     if not os.path.ismount(target):  # never narrow the tmpfs's own 1777 root
         make_dir(target, PRIVATE_DIR)
-    mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={size_bytes}")
+    data = f"mode=1777,size={size_bytes}"
+    if owner is not None:  # a user-namespaced pod's: its root's, as it sees it
+        data += f",uid={owner[0]},gid={owner[1]}"
+    mount("shm", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, data)
 
 
 def mount_readonly_overlay(target: str, lowers: Sequence[str]) -> None:

@@ -46,6 +46,8 @@ from rktlet.mountinfo import unescape as unescape_mountinfo
 __all__ = [
     "KINDS",
     "create_pinned",
+    "check_settings",
+    "configure_pinned",
     "remove_pinned",
     "is_pinned",
     "sysctl_namespace",
@@ -66,6 +68,8 @@ _CLONE_FLAGS = {
     "ipc": 0x08000000,  # CLONE_NEWIPC
     "uts": 0x04000000,  # CLONE_NEWUTS
 }
+# setresuid(2)'s number: the raw system call changes the calling thread only.
+_SYS_SETRESUID = {"x86_64": 117, "aarch64": 147, "ppc64le": 164, "s390x": 208}.get(os.uname().machine, 117)
 _MS_BIND = 0x1000
 _MNT_DETACH = 0x2
 _UMOUNT_NOFOLLOW = 0x8
@@ -381,6 +385,94 @@ def remove_pinned(paths: Iterable[str]) -> None:
         raise first
 
 
+def check_settings(paths: Mapping[str, str], hostname: str | None,
+                   sysctls: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """Check the kinds of *paths*, the *hostname* and every sysctl before
+    anything is made; returns the sysctls as (name, kind, /proc/sys path,
+    value).
+
+    :raises InvalidArgument: naming the sysctl or the hostname.
+    """
+    kinds = list(paths)
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown namespace kinds {unknown}; expected some of {KINDS}")
+    checked = _validate_sysctls(sysctls, kinds)
+    if hostname and "uts" in paths:
+        if len(hostname.encode()) > _HOST_NAME_MAX or "\0" in hostname:
+            raise InvalidArgument(
+                f"hostname {hostname!r}: must be at most {_HOST_NAME_MAX} bytes, without NUL"
+            )
+    return checked
+
+
+def _setns(path: str, kind: str) -> None:
+    """Join the *kind* namespace pinned at *path* (the calling thread only)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuntimeFailure(f"open {_LABELS[kind]} namespace {path}: {os.strerror(e.errno or 0)}") from e
+    try:
+        # nstype set: the kernel refuses (EINVAL) a file of another kind.
+        _check(_libc.setns(fd, _CLONE_FLAGS[kind]), "setns")
+    except OSError as e:
+        raise RuntimeFailure(f"enter {_LABELS[kind]} namespace {path}: setns: {os.strerror(e.errno or 0)}") from e
+    finally:
+        os.close(fd)
+
+
+def _set_thread_euid(uid: int) -> None:
+    """setresuid(-1, *uid*, -1) for the calling thread alone (glibc's
+    wrapper would change every thread of the daemon)."""
+    _libc.syscall.restype = ctypes.c_long
+    if _libc.syscall(_SYS_SETRESUID, ctypes.c_long(-1), ctypes.c_long(uid), ctypes.c_long(-1)) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"setresuid(-1, {uid}, -1): {os.strerror(err)}")
+
+
+def configure_pinned(paths: Mapping[str, str], hostname: str | None, sysctls: Mapping[str, str],
+                     owner_uid: int = 0) -> None:
+    """Set *hostname* and *sysctls* in namespaces already pinned at *paths*
+    (kind → file), from a fresh thread that joins them: what
+    :func:`create_pinned` does after making them, for namespaces another
+    process made (a pod's user namespace owns them: :mod:`rktlet.oci.userns`).
+
+    *owner_uid*: the host uid of the owning user namespace's root.  The IPC
+    sysctls of an IPC namespace owned by another user namespace are
+    writable by that root only (the kernel checks the writer's euid against
+    it, capabilities aside), so they are written with that euid, in this
+    thread alone and for that write only.
+
+    :raises InvalidArgument: as :func:`create_pinned`.
+    """
+    checked = check_settings(paths, hostname, sysctls)
+    if not (hostname and "uts" in paths) and not checked:
+        return
+
+    def job() -> None:
+        for kind in ("net", "ipc", "uts"):
+            if kind in paths:
+                _setns(paths[kind], kind)
+        if hostname and "uts" in paths:
+            encoded = hostname.encode()
+            try:
+                _check(_libc.sethostname(encoded, len(encoded)), "sethostname")
+            except OSError as e:
+                raise InvalidArgument(f"hostname {hostname!r}: sethostname: {os.strerror(e.errno or 0)}") from e
+        for name, kind, path, value in checked:
+            if kind == "ipc" and owner_uid:
+                # The kernel checks the writer at open and at write.
+                _set_thread_euid(owner_uid)
+                try:
+                    _write_sysctl(name, kind, path, value)
+                finally:
+                    _set_thread_euid(0)
+                continue
+            _write_sysctl(name, kind, path, value)
+
+    _in_fresh_thread(job, "rktlet-ns-configure")
+
+
 def create_pinned(
     paths: Mapping[str, str],
     hostname: str | None = None,
@@ -408,15 +500,7 @@ def create_pinned(
     the errno text.
     """
     kinds = list(paths)
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown namespace kinds {unknown}; expected some of {KINDS}")
-    checked = _validate_sysctls(sysctls, kinds)
-    if hostname and "uts" in paths:
-        if len(hostname.encode()) > _HOST_NAME_MAX or "\0" in hostname:
-            raise InvalidArgument(
-                f"hostname {hostname!r}: must be at most {_HOST_NAME_MAX} bytes, without NUL"
-            )
+    checked = check_settings(paths, hostname, sysctls)
     if not kinds:
         return
 

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
@@ -28,6 +28,7 @@ from rktlet.errors import RuntimeFailure
 from rktlet.logs import logger
 from rktlet.mountinfo import mount_points_under
 from rktlet.oci.mounts import unmount
+from rktlet.oci.userns import IDMAPPED_LAYERS_KERNEL, kernel_version
 from rktlet.process import run_process
 
 __all__ = ["OCIRuntime", "clean_message", "is_absent", "is_not_running"]
@@ -125,17 +126,32 @@ class RuntimeFeatures:
 
     :ivar recursive_read_only_mounts: it knows the ``rro`` mount option.
     :ivar mount_options: every mount option it knows.
+    :ivar idmap_mounts: it makes idmapped mounts (``linux.mountExtensions.idmap.enabled``:
+        runc 1.2 and later).
+    :ivar user_namespaces: pods can have user namespaces with it: it knows
+        the ``user`` namespace and makes idmapped mounts (without them, a
+        pod's volumes could not appear with the right owners).
     """
 
     recursive_read_only_mounts: bool = False
     mount_options: frozenset[str] = frozenset()
+    idmap_mounts: bool = False
+    user_namespaces: bool = False
 
     @classmethod
     def from_json(cls, doc: Any) -> "RuntimeFeatures":
         """From ``runc features``'s JSON (anything else: nothing supported)."""
-        options = doc.get("mountOptions") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            doc = {}
+        options = doc.get("mountOptions")
         known = frozenset(o for o in options if isinstance(o, str)) if isinstance(options, list) else frozenset()
-        return cls(recursive_read_only_mounts="rro" in known, mount_options=known)
+        linux = doc.get("linux") if isinstance(doc.get("linux"), dict) else {}
+        extensions = linux.get("mountExtensions") if isinstance(linux.get("mountExtensions"), dict) else {}
+        idmap = extensions.get("idmap") if isinstance(extensions.get("idmap"), dict) else {}
+        idmap_mounts = idmap.get("enabled") is True
+        kinds = linux.get("namespaces") if isinstance(linux.get("namespaces"), list) else []
+        return cls(recursive_read_only_mounts="rro" in known, mount_options=known, idmap_mounts=idmap_mounts,
+                   user_namespaces=idmap_mounts and "user" in kinds)
 
 
 class OCIRuntime:
@@ -260,7 +276,13 @@ class OCIRuntime:
         except (RuntimeFailure, ValueError) as e:
             log.warn("{binary} features: {error}; assuming no optional features", binary=self.binary, error=e)
             doc = None
-        self.features = RuntimeFeatures.from_json(doc)
+        features = RuntimeFeatures.from_json(doc)
+        if features.user_namespaces and kernel_version() < IDMAPPED_LAYERS_KERNEL:
+            # Root filesystems are overlays of idmapped layers: not on this kernel.
+            log.warn("{binary} makes idmapped mounts, but Linux {release} cannot use idmapped overlay layers "
+                     "(5.19 or later): no user namespaces", binary=self.binary, release=os.uname().release)
+            features = replace(features, user_namespaces=False)
+        self.features = features
         return self.features
 
     async def list_ids(self) -> list[str]:

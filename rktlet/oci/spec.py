@@ -396,8 +396,13 @@ def _mounts(config: ContainerConfig, pod: PodContext, host: HostInfo,
             if not mount.readonly or mount.propagation != "private":
                 raise InvalidArgument(f"mounts[{index}].recursive_read_only needs readonly and private propagation")
             options.append("rro")  # runc makes every mount below read-only too (mount_setattr)
-        user_mounts.append((destination, mount.propagation,
-                            {"destination": destination, "type": "bind", "source": mount.host_path, "options": options}))
+        oci_mount: dict[str, Any] = {"destination": destination, "type": "bind", "source": mount.host_path,
+                                     "options": options}
+        if mount.uid_mappings or mount.gid_mappings:
+            # An idmapped bind (runc 1.2+): host ids appear through these ranges.
+            oci_mount["uidMappings"] = [m.to_oci() for m in mount.uid_mappings]
+            oci_mount["gidMappings"] = [m.to_oci() for m in mount.gid_mappings]
+        user_mounts.append((destination, mount.propagation, oci_mount))
     taken = {destination for destination, _, _ in user_mounts}
 
     defaults = _system_mounts(security.privileged, security.privileged)
@@ -479,6 +484,11 @@ def _namespaces(pod: PodContext, host: HostInfo) -> tuple[list[dict[str, str]], 
     """linux.namespaces, and whether the container has a UTS namespace of its
     own (only then does runc set the hostname)."""
     namespaces: list[dict[str, str]] = [{"type": "mount"}]
+    if pod.namespaces.get("user"):
+        # The pod's user namespace, joined first (runc does): every
+        # namespace the container makes (mount, PID) is owned by it.  No
+        # uid/gid mappings beside the path: runc reads them from it.
+        namespaces.insert(0, {"type": "user", "path": pod.namespaces["user"]})
     own_uts = False
     for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
         shared_with_host = kind in pod.host or (kind == "uts" and "uts" not in pod.namespaces and "net" in pod.host)

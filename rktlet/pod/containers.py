@@ -31,6 +31,7 @@ from rktlet.oci import image_volumes, users
 from rktlet.oci.container_config import ContainerConfig, ImageDefaults, Mount, PodContext, Resources
 from rktlet.oci.exec import RUNC_EXEC_FAILED
 from rktlet.oci.spec import HostInfo, build_spec, linux_resources
+from rktlet.oci.userns import IDMappedRoot
 from rktlet.pod import ids, recovery
 from rktlet.pod import events as event_kinds
 from rktlet.pod.container import CREATED, EXITED, RUNNING, Container
@@ -65,6 +66,10 @@ def _own_oom_score_adj() -> int:
         return int(f.read().strip())
 
 
+#: The bundle dir of a container in a pod with its own user namespace (see
+#: ContainerManager._prepare_bundle); the dir of all bundles is the same.
+USERNS_BUNDLE_MODE = 0o711
+
 #: runc update's words when the kernel refused a value of the request.
 _REFUSED_VALUE = ("unable to set memory limit", ": invalid argument", ": device or resource busy")
 
@@ -80,6 +85,9 @@ def _mount_record(m: Mount, volume: ImageRecord | None) -> dict[str, Any]:
     host path."""
     out: dict[str, Any] = {"container_path": m.container_path, "host_path": m.host_path, "readonly": m.readonly,
                            "propagation": m.propagation, "recursive_read_only": m.recursive_read_only}
+    if m.uid_mappings:
+        out.update(uid_mappings=[r.to_json() for r in m.uid_mappings],
+                   gid_mappings=[r.to_json() for r in m.gid_mappings])
     if volume is not None:
         out.update(image=m.image, image_ref=volume.id, user_specified_image=m.user_specified_image,
                    image_sub_path=m.image_sub_path, image_chain_ids=list(volume.chain_ids))
@@ -184,8 +192,10 @@ class ContainerManager:
         real exit code and time from conmon's exit file."""
         # 0700 whatever an older daemon made: no host user may reach a
         # container's root filesystem, bundle or writable layer.
-        for d in (self._bundles, self._layers):
-            make_dir(d, PRIVATE_DIR)
+        # The bundles' dir is 0711: runc reaches a user-namespaced container's
+        # root through it as an unprivileged host uid (see _prepare_bundle).
+        make_dir(self._bundles, USERNS_BUNDLE_MODE)
+        make_dir(self._layers, PRIVATE_DIR)
         for runtime in self._runtimes.values():
             make_dir(os.path.dirname(runtime.state_root), PRIVATE_DIR)
             make_dir(runtime.state_root, PRIVATE_DIR)
@@ -410,6 +420,7 @@ class ContainerManager:
                 not self._runtimes[sb.handler].features.recursive_read_only_mounts:
             raise InvalidArgument(f"recursive read-only mounts are not supported by runtime handler {sb.handler!r} "
                                   f"({self._runtimes[sb.handler].binary}: `runc features` lists no rro)")
+        self._check_user_namespace(sb, config)
         record = self._images.find(image)
         if record is None:
             raise NotFound(f"image {image!r} not found: pull it first")
@@ -506,18 +517,35 @@ class ContainerManager:
         self._nri_hidden.discard(c.id)
         self.snapshots.publish(c)
 
+    def _check_user_namespace(self, sb: Sandbox, config: ContainerConfig) -> None:
+        """A container joins its pod's user namespace: it may name it (or
+        the host's, for a pod without one), and idmapped volumes need a
+        runtime that makes them."""
+        userns = sb.user_namespace
+        where = "config.linux.security_context.namespace_options.userns_options"
+        if config.userns_mode == "pod" and userns is None:
+            raise InvalidArgument(f"{where}: mode POD, but pod sandbox {sb.id} has no user namespace of its own")
+        if config.userns_mode == "node" and userns is not None:
+            raise InvalidArgument(f"{where}: mode NODE, but pod sandbox {sb.id} has a user namespace of its own, "
+                                  "which its containers join")
+        if any(m.uid_mappings for m in config.mounts) and not self._runtimes[sb.handler].features.idmap_mounts:
+            raise InvalidArgument(f"config.mounts: idmapped mounts (uidMappings, gidMappings) are not supported by "
+                                  f"runtime handler {sb.handler!r} ({self._runtimes[sb.handler].binary}: `runc "
+                                  "features` reports no idmap mount extension; runc 1.2 or later is needed)")
+
     def _check_pod_accepts_containers(self, sb: Sandbox) -> None:
         if sb.id in self._sandboxes.removing or self._sandboxes.find(sb.id) is not sb:
             raise FailedPrecondition(f"pod sandbox {sb.id} is being removed: it accepts no new container")
         if sb.state != READY:
             raise FailedPrecondition(f"pod sandbox {sb.id} is not ready (state {sb.state})")
 
-    @staticmethod
-    def _narrow_modes(c: Container) -> None:
+    def _narrow_modes(self, c: Container) -> None:
         """At start-up: the modes :meth:`_prepare_bundle` gives, for the
         files of a container an older daemon made."""
-        for d in (c.bundle, c.layer_dir):
-            set_mode(d, PRIVATE_DIR)
+        sb = self._sandboxes.find(c.sandbox_id)
+        userns = sb is not None and sb.user_namespace is not None
+        set_mode(c.bundle, USERNS_BUNDLE_MODE if userns else PRIVATE_DIR)
+        set_mode(c.layer_dir, PRIVATE_DIR)
         set_mode(os.path.join(c.bundle, "config.json"), PRIVATE_FILE)
 
     def _prepare_bundle(self, c: Container, lowers: list[str], config: ContainerConfig, image: ImageDefaults,
@@ -531,7 +559,11 @@ class ContainerManager:
         upper, work = os.path.join(c.layer_dir, "upper"), os.path.join(c.layer_dir, "work")
         rootfs = os.path.join(c.bundle, "rootfs")
         make_dir(c.layer_dir, PRIVATE_DIR)
-        make_dir(c.bundle, PRIVATE_DIR)
+        # 0711 for a user-namespaced pod's container: runc sets its root up
+        # from inside the pod's user namespace, as the pod's root (a host
+        # uid of no privilege), which must traverse the bundle to reach it.
+        # Nobody may list it; config.json in it stays 0600.
+        make_dir(c.bundle, USERNS_BUNDLE_MODE if pod.userns is not None else PRIVATE_DIR)
         # upper/ is 0755: the overlay's root directory takes its mode, and it
         # is the container's "/", which a non-root container user traverses
         # (host users cannot: the layer dir above is 0700).
@@ -541,7 +573,13 @@ class ContainerManager:
         # must never be narrowed itself: it is the container's "/").
         if not self._host.is_mounted(rootfs):
             make_dir(rootfs, PRIVATE_DIR)
-        self._host.mount_overlay(rootfs, lowers, upper, work)
+        idmap = None
+        if pod.userns is not None:
+            # Lower layers idmapped through the pod's user namespace, upper
+            # layer its root's: files appear with the image's owners inside.
+            idmap = IDMappedRoot(pod.namespaces["user"], pod.userns.root_uid, pod.userns.root_gid,
+                                 os.path.join(c.layer_dir, "idmap"))
+        self._host.mount_overlay(rootfs, lowers, upper, work, idmap)
         # The user is resolved from the mounted root filesystem: its
         # /etc/passwd and /etc/group as the container sees them (the lowers
         # merged, upper on top). A host that only records mounts (the tests'
@@ -608,6 +646,7 @@ class ContainerManager:
             shm=sb.shm,
             cgroup_parent=sb.cgroup_parent,
             sysctls=dict(sb.sysctls),
+            userns=sb.user_namespace,
         )
 
     # -- StartContainer ----------------------------------------------------------------

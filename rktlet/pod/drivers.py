@@ -33,6 +33,7 @@ from rktlet.oci.runtime import RuntimeFeatures
 from rktlet.network.cni import Attachment, NetworkResult
 from rktlet.oci.conmon import MonitorPaths
 from rktlet.oci.infra import InfraProcess
+from rktlet.oci.userns import IDMappedRoot, UserNamespace
 
 __all__ = ["Host", "ImageLookup", "LayerDirs", "Monitor", "MonitorDriver", "Network", "Runtime"]
 
@@ -272,11 +273,14 @@ class Host(Protocol):
 
     # -- mounts (blocking) --------------------------------------------------
 
-    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str) -> None:
+    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str,
+                      idmap: IDMappedRoot | None = None) -> None:
         """Blocking: mount an overlay of *lowers* (top first) with *upper*
-        and *work* on *target* (a directory that exists).
+        and *work* on *target* (a directory that exists).  With *idmap*
+        (a pod with its own user namespace), the lowers appear through
+        that namespace and *upper* belongs to the pod's root.
 
-        :raises OSError: naming the target.
+        :raises OSError: naming the target (or the idmapping step).
         """
 
     def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
@@ -287,12 +291,16 @@ class Host(Protocol):
         :raises OSError: naming the target (EINVAL for fewer than two lowers).
         """
 
-    def mount_shm(self, target: str, size_bytes: int) -> None:
+    def mount_shm(self, target: str, size_bytes: int, owner: tuple[int, int] | None = None) -> None:
         """Blocking: a pod's /dev/shm, a size-limited tmpfs (mode 1777) at
-        *target*, made if missing (its parent must exist).
+        *target*, made if missing (its parent must exist); its root
+        directory belongs to *owner* (host uid, gid) when given.
 
         :raises OSError: naming the target.
         """
+
+    def give_to(self, paths: Sequence[str], uid: int, gid: int) -> None:
+        """Blocking: make *paths* (files rktlet made) belong to *uid*:*gid*."""
 
     def unmount(self, target: str) -> None:
         """Blocking: detach the mount at *target*. Idempotent: nothing
@@ -312,6 +320,18 @@ class Host(Protocol):
         :raises InvalidArgument: a sysctl that is not namespaced, or whose
             namespace is not made here; a bad hostname.
         :raises RuntimeFailure: a file exists already, or a system call failed.
+        """
+
+    def create_pinned_namespaces_in_userns(self, paths: Mapping[str, str], userns: UserNamespace,
+                                           hostname: str | None = None,
+                                           sysctls: Mapping[str, str] = {}) -> Awaitable[None]:  # noqa: B006
+        """Async: a new user namespace with *userns*'s mappings pinned at
+        ``paths["user"]`` and, owned by it, new namespaces of the other
+        kinds in *paths*, pinned, with *hostname* and *sysctls* set inside.
+        All or nothing.
+
+        :raises InvalidArgument: as :meth:`create_pinned_namespaces`.
+        :raises RuntimeFailure: a file exists already, or a step failed.
         """
 
     def remove_pinned_namespaces(self, paths: Iterable[str]) -> None:

@@ -104,6 +104,8 @@ class Engine:
         # The engine composes the managers: no manager reaches into another.
         if images is not None and containers is not None:
             images.keep_layers_used_by(containers.layers_in_use)
+        if sandboxes is not None and containers is not None:
+            sandboxes.runtime_features = self._features_of
         self.pod_cidrs: tuple[str, ...] = ()
         #: Whether the runtimes said what they support (``runc features``).
         self.runtime_features_known = False
@@ -166,6 +168,11 @@ class Engine:
         """Fires once the runtimes said what they support (reactor thread)."""
         if self._features_probe is not None:
             await self._features_probe.wait()
+
+    async def _features_of(self, handler: str) -> Any:
+        """What handler *handler*'s runtime supports, once the runtimes said."""
+        await self.runtime_features()
+        return self.containers.handler_features(handler)
 
     def handler_features(self, name: str) -> Any:
         """What the runtime of handler *name* ('' for the default) supports,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rktlet.oci.userns import UserNamespace
 from rktlet.pod import ids
 from rktlet.pod.records import Record
 
@@ -71,6 +72,9 @@ class Sandbox(Record):
     infra_pid: int = 0
     infra_start_time: int = 0
     steps: list[str] = field(default_factory=list)
+    #: The pod's user namespace mappings (``UserNamespace.to_json``); empty:
+    #: the host's.  Its pinned file is ``namespaces["user"]``.
+    userns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -80,6 +84,11 @@ class Sandbox(Record):
     def netns(self) -> str:
         """The pinned network namespace path ('' for host network)."""
         return self.namespaces.get("net", "")
+
+    @property
+    def user_namespace(self) -> UserNamespace | None:
+        """The pod's user namespace, or None (the host's)."""
+        return UserNamespace.from_json(self.userns) if self.userns else None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -104,6 +104,10 @@ class SandboxManager:
         self.nri: NRI | None = None
         # Ids of sandboxes being removed: they accept no new container.
         self.removing: set[str] = set()
+        #: ``handler → Awaitable[features]``: what the handler's runtime
+        #: supports (``runc features``), once known; set by the engine.
+        #: None: not checked (tests without runtimes).
+        self.runtime_features: Callable[[str], Awaitable[Any]] | None = None
 
     def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred:
         return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
@@ -255,6 +259,16 @@ class SandboxManager:
                 return existing
             raise AlreadyExists(f"pod sandbox name {spec.key} is reserved by stopped sandbox {existing.id}; remove it first")
         handler = self.handlers.select(spec.handler, spec.annotations)
+        if spec.userns is not None and self.runtime_features is not None:
+            features = await self.runtime_features(handler)
+            if features is not None and not features.user_namespaces:
+                raise InvalidArgument(
+                    f"config.linux.security_context.namespace_options.userns_options: runtime handler {handler!r} "
+                    f"does not support user namespaces (its runc features report no idmapped mounts: runc 1.2 "
+                    "or later is needed)")
+            existing = self.records.by_key(spec.key)  # another attempt made it meanwhile
+            if existing is not None:
+                return await self.run(spec)
         sb = self._new_record(spec, handler)
         self._add(sb)
         operation = Deferred.fromCoroutine(self._create(sb, spec))
@@ -273,6 +287,8 @@ class SandboxManager:
             kinds += ["net", "uts"]  # a host-network pod keeps the host's hostname too
         if spec.ipc_mode != MODE_NODE:
             kinds.append("ipc")
+        if spec.userns is not None:
+            kinds.insert(0, "user")
         return Sandbox(
             id=sandbox_id,
             name=spec.name,
@@ -298,13 +314,24 @@ class SandboxManager:
             port_mappings=[vars(p) for p in spec.port_mappings],
             dns={"servers": list(spec.dns_servers), "searches": list(spec.dns_searches), "options": list(spec.dns_options)},
             sysctls=dict(spec.sysctls),
+            userns=spec.userns.to_json() if spec.userns is not None else {},
         )
 
     async def _create(self, sb: Sandbox, spec: SandboxSpec) -> Sandbox:
         started = time.monotonic()
         try:
             self.records.commit(sb)  # CREATING: a crash from here on is undone at start-up
-            await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
+            userns = sb.user_namespace
+            if userns is None:
+                await self._in_thread(self._make_files_and_namespaces, sb, spec.shm_size)
+            else:
+                # Made by a child process inside the new user namespace
+                # (rktlet.oci.userns), so that it owns the pod's others.
+                await self._in_thread(self._make_files, sb)
+                await self._host.create_pinned_namespaces_in_userns(
+                    sb.namespaces, userns, hostname=sb.hostname if "uts" in sb.namespaces else None,
+                    sysctls=sb.sysctls)
+                await self._in_thread(self._finish_namespaces, sb, spec.shm_size)
             created = await self._in_thread(self._host.ensure_cgroup, sb.cgroup_parent)
             # Only the pod's own level is the pod's: ancestors made on the way
             # (e.g. /rktlet) are shared with other pods and stay.
@@ -359,6 +386,26 @@ class SandboxManager:
 
     def _make_files_and_namespaces(self, sb: Sandbox, shm_size: int) -> None:
         """Blocking part of creation: files, pinned namespaces, /dev/shm."""
+        self._make_files(sb)
+        hostname = sb.hostname if "uts" in sb.namespaces else None
+        self._host.create_pinned_namespaces(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
+        self._finish_namespaces(sb, shm_size)
+
+    def _finish_namespaces(self, sb: Sandbox, shm_size: int) -> None:
+        """Blocking, once the namespaces are pinned: ``lo`` up, /dev/shm;
+        in a pod with its own user namespace, the pod's files and /dev/shm
+        belong to its root (they appear root's inside, as on a host)."""
+        if sb.netns:
+            self._host.bring_up_loopback(sb.netns)
+        userns = sb.user_namespace
+        owner = (userns.root_uid, userns.root_gid) if userns is not None else None
+        if sb.shm:
+            self._host.mount_shm(sb.shm, shm_size, owner=owner)
+        if owner is not None:
+            self._host.give_to([os.path.join(sb.dir, n) for n in ("resolv.conf", "hosts", "hostname")], *owner)
+
+    def _make_files(self, sb: Sandbox) -> None:
+        """Blocking: the pod dir and its /etc files."""
         # The pod dir holds the pod's /dev/shm mount point (a 1777 tmpfs):
         # 0700, so no host user can reach it; only root (runc) mounts from it.
         make_dir(sb.dir, PRIVATE_DIR)
@@ -370,16 +417,13 @@ class SandboxManager:
                      POD_ETC_FILE_MODE)
         write_atomic(os.path.join(sb.dir, "hostname"), (sb.hostname + "\n").encode(), POD_ETC_FILE_MODE)
         self._write_hosts(sb)
-        hostname = sb.hostname if "uts" in sb.namespaces else None
-        self._host.create_pinned_namespaces(sb.namespaces, hostname=hostname, sysctls=sb.sysctls)
-        if sb.netns:
-            self._host.bring_up_loopback(sb.netns)
-        if sb.shm:
-            self._host.mount_shm(sb.shm, shm_size)
 
-    @staticmethod
-    def _write_hosts(sb: Sandbox) -> None:
-        write_atomic(os.path.join(sb.dir, "hosts"), dns.hosts_file(sb.hostname, sb.ips).encode(), POD_ETC_FILE_MODE)
+    def _write_hosts(self, sb: Sandbox) -> None:
+        path = os.path.join(sb.dir, "hosts")
+        write_atomic(path, dns.hosts_file(sb.hostname, sb.ips).encode(), POD_ETC_FILE_MODE)
+        userns = sb.user_namespace
+        if userns is not None:
+            self._host.give_to([path], userns.root_uid, userns.root_gid)  # a new file: the pod root's again
 
     # -- Stop / Remove ------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rktlet.oci.userns import UserNamespace
 from rktlet.pod import ids
 from rktlet.pod.sandbox import MODE_CONTAINER, MODE_POD
 
@@ -47,6 +48,8 @@ class SandboxSpec:
     pid_mode: str = MODE_CONTAINER
     ipc_mode: str = MODE_POD
     shm_size: int = 64 * 1024 * 1024
+    #: The pod's own user namespace (``hostUsers: false``), or None: the host's.
+    userns: UserNamespace | None = None
 
     @property
     def key(self) -> str:

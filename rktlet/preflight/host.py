@@ -11,6 +11,7 @@ have no reactor. Each run is bounded in time and in the output kept.
 from __future__ import annotations
 
 import os
+import stat
 import shutil
 import subprocess
 import tempfile
@@ -91,6 +92,13 @@ def _effective_access(path: str, mode: int) -> bool:
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
+def _is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 @dataclass
 class Host:
     """The machine as the checks see it; every part replaceable in tests.
@@ -105,6 +113,8 @@ class Host:
     :ivar statvfs: ``os.statvfs``.
     :ivar access: ``os.access`` with the effective uid.
     :ivar pidfd_supported: whether ``pidfd_open`` works on this kernel.
+    :ivar dev: where the host's device nodes are.
+    :ivar char_device: whether a path is a character device.
     """
 
     euid: int = field(default_factory=os.geteuid)
@@ -116,6 +126,8 @@ class Host:
     statvfs: Callable[[str], os.statvfs_result] = os.statvfs
     access: Callable[[str, int], bool] = _effective_access
     pidfd_supported: Callable[[], bool] = _pidfd_supported
+    dev: str = "/dev"
+    char_device: Callable[[str], bool] = _is_char_device
 
     def find(self, program: str) -> str | None:
         """The executable *program* names: a path as given, or a name

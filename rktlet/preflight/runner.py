@@ -26,6 +26,7 @@ CHECKS: tuple[Check, ...] = (
     system.check_cgroups,
     system.check_overlay,
     system.check_kernel,
+    system.check_devices,
     system.check_disk,
     socket_path.check_socket_path,
     socket_path.check_other_instance,

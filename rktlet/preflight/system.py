@@ -114,6 +114,25 @@ def check_kernel(config: Config, host: Host) -> list[Result]:
     return results
 
 
+#: The device nodes every container gets (runc's defaults) with their
+#: (major, minor): in a user namespace runc cannot make them and binds the
+#: host's instead, so each must exist on the host.
+STANDARD_DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
+                    "tty": (5, 0)}
+
+
+def check_devices(config: Config, host: Host) -> list[Result]:
+    """The host has the standard device nodes containers get."""
+    missing = [name for name in STANDARD_DEVICES if not host.char_device(os.path.join(host.dev, name))]
+    if not missing:
+        return [ok("devices", f"{', '.join(STANDARD_DEVICES)} in {host.dev}")]
+    makes = "; ".join(f"mknod -m 666 {host.dev}/{n} c {STANDARD_DEVICES[n][0]} {STANDARD_DEVICES[n][1]}"
+                      for n in missing)
+    return [warn("devices", f"{', '.join(os.path.join(host.dev, n) for n in missing)} missing or not a character "
+                 "device: containers of pods with user namespaces fail (runc binds the host's nodes there)",
+                 f"make it: {makes}")]
+
+
 def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(str(n) for n in version)
 

@@ -187,7 +187,10 @@ def run_pass(critest: str, socket: str, work: str, name: str, parallel: int,
 
 
 def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: Sequence[str] = (),
-        isolate: bool = True, keep: bool = False, critest: str = CRITEST, websocket: bool = True) -> int:
+        isolate: bool = True, keep: bool = False, critest: str = CRITEST, websocket: bool = True,
+        handler: str = "") -> int:
+    """One critest run; *handler* (``NAME=RUNTIME``): rktlet gets that
+    runtime handler and critest runs every pod with it (``-runtime-handler``)."""
     # Imported here: the tests package must be importable from the repo root.
     from rktlet.oci.procwatch import become_subreaper
     from harness.critest_images import UPSTREAM_HOSTS, push_critest_images
@@ -224,7 +227,11 @@ def run(summary_path: str, parallel: int = 1, focus: Sequence[str] = (), extra: 
             mirrors += ["--registry-mirror", f"{host}={registry.url}"]
         # NRI: rktlet serves plugins here and critest's NRI specs connect to it.
         nri_socket = os.path.join(work, "nri", "nri.sock")
-        daemon = Daemon(extra_args=mirrors + ["--nri-socket", nri_socket])
+        handler_args = ["--runtime-handler", handler] if handler else []
+        daemon = Daemon(extra_args=mirrors + ["--nri-socket", nri_socket] + handler_args)
+        if handler:
+            extra = [*extra, f"-runtime-handler={handler.partition('=')[0]}"]
+            summary["runtime_handler"] = handler
         network = TestNetwork(daemon.cni_conf_dir, name=f"critest-{os.getpid()}")
         network.write()
         daemon.start()
@@ -293,10 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-websocket", action="store_true",
                         help="skip the second pass (the Streaming specs over WebSocket)")
     parser.add_argument("--critest", default=CRITEST)
+    parser.add_argument("--runtime-handler", default="", metavar="NAME=RUNTIME",
+                        help="give rktlet this runtime handler and run critest's pods with it "
+                             "(e.g. runc-idmap=/var/cache/rktlet-test-tools/runc-v1.5.3 for the UserNamespaces specs)")
     parser.add_argument("extra", nargs="*", help="more critest arguments (after --)")
     args = parser.parse_args(argv)
     return run(args.summary, args.parallel, args.focus, args.extra, not args.no_isolate, args.keep, args.critest,
-               not args.no_websocket)
+               not args.no_websocket, args.runtime_handler)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,31 @@ async def test_infra_needs_pinned_namespaces(world):
     paths = world.namespaces("net")  # never pinned
     with pytest.raises(RuntimeFailure):
         await world.host.start_infra(paths)
+
+
+@pytest_twisted.ensureDeferred
+async def test_namespaces_in_a_user_namespace_pinned_all_or_nothing(world):
+    from rktlet.oci.userns import IDMapping, UserNamespace
+
+    if not isinstance(world.host, FakeHost):
+        require_real("unshare", "catatonit", "nsenter", "setsid")
+    userns = UserNamespace((IDMapping(0, 9 * 65536, 65536),), (IDMapping(0, 9 * 65536, 65536),))
+    paths = world.namespaces("user", "net", "ipc", "uts")
+    await world.host.create_pinned_namespaces_in_userns(
+        paths, userns, hostname="contract-pod",
+        sysctls={"net.ipv4.ip_unprivileged_port_start": "80", "kernel.shm_rmid_forced": "1"})
+    assert all(world.host.namespace_pinned(p) for p in paths.values())
+    world.host.bring_up_loopback(paths["net"])
+    process = await world.host.start_infra(paths)  # catatonit inside the user namespace
+    world.infra.append(process)
+    assert world.host.infra_alive(process)
+    with pytest.raises(RuntimeFailure):
+        await world.host.create_pinned_namespaces_in_userns(paths, userns)  # the files are taken
+    await world.host.stop_infra(process)
+    world.host.remove_pinned_namespaces(paths.values())
+    assert not any(world.host.namespace_pinned(p) for p in paths.values())
+    # A bad sysctl: refused before anything is made.
+    again = world.namespaces("user", "net")
+    with pytest.raises(InvalidArgument):
+        await world.host.create_pinned_namespaces_in_userns(again, userns, sysctls={"kernel.shmmax": "1024"})
+    assert not any(world.host.namespace_pinned(p) for p in again.values())

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from rktlet.errors import InvalidArgument, RuntimeFailure
 from rktlet.oci import cgroups, namespaces
 from rktlet.oci.infra import InfraProcess
+from rktlet.oci.userns import IDMappedRoot, UserNamespace
 
 __all__ = ["FakeHost", "Mount"]
 
@@ -40,6 +41,8 @@ class FakeHost:
     :ivar loopback: network namespace files whose ``lo`` is up.
     :ivar infra: live infra processes, by pid, with their namespaces.
     :ivar resources: cgroup path → the resources written.
+    :ivar owners: path → the (uid, gid) :meth:`give_to` gave it.
+    :ivar user_namespaces: pinned user namespace file → its mappings.
     """
 
     def __init__(self) -> None:
@@ -52,6 +55,8 @@ class FakeHost:
         self.loopback: set[str] = set()
         self.infra: dict[int, tuple[InfraProcess, dict[str, str]]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        self.owners: dict[str, tuple[int, int]] = {}
+        self.user_namespaces: dict[str, UserNamespace] = {}
         self._pids = itertools.count(50000)
         self._ticks = itertools.count(1)
 
@@ -63,9 +68,16 @@ class FakeHost:
             raise OSError(16, f"mount {fstype} on {target} ({options}): fake host: already mounted")
         self.mounts[target] = Mount(fstype, options)
 
-    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str) -> None:
-        """Record an overlay on *target*."""
-        self._mount(target, "overlay", f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}")
+    def mount_overlay(self, target: str, lowers: Sequence[str], upper: str, work: str,
+                      idmap: IDMappedRoot | None = None) -> None:
+        """Record an overlay on *target* (idmapped: ``idmap=<userns>`` in its options)."""
+        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+        if idmap is not None:
+            if idmap.userns_path not in self.pinned:
+                raise OSError(2, f"idmap {lowers[0]}: open {idmap.userns_path}: No such file or directory")
+            options += f",idmap={idmap.userns_path}"
+            self.owners[upper] = (idmap.uid, idmap.gid)
+        self._mount(target, "overlay", options)
 
     def mount_readonly_overlay(self, target: str, lowers: Sequence[str]) -> None:
         """Record a read-only overlay on *target*; fewer than two lowers is
@@ -74,9 +86,15 @@ class FakeHost:
             raise OSError(22, f"mount overlay on {target}: fake host: a read-only overlay needs two lower dirs")
         self._mount(target, "overlay", f"lowerdir={':'.join(lowers)}")
 
-    def mount_shm(self, target: str, size_bytes: int) -> None:
+    def mount_shm(self, target: str, size_bytes: int, owner: tuple[int, int] | None = None) -> None:
         """Record a tmpfs on *target*."""
-        self._mount(target, "tmpfs", f"mode=1777,size={size_bytes}")
+        self._mount(target, "tmpfs", f"mode=1777,size={size_bytes}"
+                    + (f",uid={owner[0]},gid={owner[1]}" if owner else ""))
+
+    def give_to(self, paths: Sequence[str], uid: int, gid: int) -> None:
+        """Record the owner of each path."""
+        for path in paths:
+            self.owners[path] = (uid, gid)
 
     def unmount(self, target: str) -> None:
         """Forget the mount at *target*; idempotent."""
@@ -108,9 +126,23 @@ class FakeHost:
         for kind, path in paths.items():
             self.sysctls[path] = {k: v for k, v in sysctls.items() if namespaces.sysctl_namespace(k) == kind}
 
+    async def create_pinned_namespaces_in_userns(self, paths: Mapping[str, str], userns: UserNamespace,
+                                                 hostname: str | None = None,
+                                                 sysctls: Mapping[str, str] = {}) -> None:  # noqa: B006
+        """Pin a user namespace and the others; all or nothing."""
+        if "user" not in paths:
+            raise ValueError("a user namespace file is required")
+        if paths["user"] in self.pinned:
+            raise RuntimeFailure(f"create user namespace file {paths['user']}: File exists")
+        others = {k: v for k, v in paths.items() if k != "user"}
+        self.create_pinned_namespaces(others, hostname, sysctls)
+        self.pinned.add(paths["user"])
+        self.user_namespaces[paths["user"]] = userns
+
     def remove_pinned_namespaces(self, paths: Iterable[str]) -> None:
         """Unpin; idempotent."""
         for path in paths:
+            self.user_namespaces.pop(path, None)
             self.pinned.discard(path)
             self.hostnames.pop(path, None)
             self.sysctls.pop(path, None)

@@ -24,6 +24,7 @@ import pytest
 
 from rktlet import debugpoints as points
 from rktlet.cri.proto import pb
+from harness.runc import test_runc
 from harness.containers import container_config, create, start, status
 from harness.daemon import Daemon
 from harness.network import TestNetwork
@@ -107,7 +108,7 @@ class Crashing:
         return found
 
     def in_runtime(self) -> list[str]:
-        out = subprocess.run(["runc", "--root", os.path.join(self.d.run_dir, "runtime", "runc"), "list", "-q"],
+        out = subprocess.run([test_runc(), "--root", os.path.join(self.d.run_dir, "runtime", "runc"), "list", "-q"],
                              capture_output=True, text=True, check=True).stdout
         return out.split()
 
@@ -120,9 +121,11 @@ class Crashing:
         for p in runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
             runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
             runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=30)
-        # Files of removed containers go after the answer: wait a moment.
-        wait_until(lambda: not self.mounts("/containers/") and not self.containers_dirs(),
-                   "the removed containers' files removed", timeout=10)
+        # Files of removed containers go after the answer, and a half-made
+        # pod is undone after the restart (CNI DEL first, then its
+        # namespaces and /dev/shm): wait a moment.
+        wait_until(lambda: not self.mounts() and not self.containers_dirs(),
+                   "the removed containers' and pods' files removed", timeout=10)
         assert self.mounts() == []
         assert self.containers_dirs() == []
         assert self.in_runtime() == []

@@ -16,6 +16,7 @@ import pytest
 from rktlet.cri.image_service import ImageService
 from rktlet.cri.proto import SERVICES, pb
 from rktlet.cri.runtime_service import RuntimeService
+from harness.runc import test_runc
 from harness.daemon import Daemon, daemon_env, twistd_command, write_network
 
 
@@ -216,12 +217,14 @@ def test_config_file_with_flags_overriding_it():
     try:
         config = os.path.join(d.base, "rktlet.toml")
         with open(config, "w") as f:
-            f.write('runtime = "/usr/sbin/runc"\nlog-level = "warn"\ninsecure-registry = ["reg.example:5000"]\n')
+            # The runc the tests run under ($RKTLET_TEST_RUNC puts it in a flag too).
+            runc = test_runc() if os.environ.get("RKTLET_TEST_RUNC") else "/usr/sbin/runc"
+            f.write(f'runtime = "{runc}"\nlog-level = "warn"\ninsecure-registry = ["reg.example:5000"]\n')
         d.extra_args = ["--config", config, "--log-level", "info"]
         d.start()
         _, response = status(d, verbose=True)
         effective = json.loads(response.info["config"])
-        assert effective["runtime"] == "/usr/sbin/runc"
+        assert effective["runtime"] == runc
         assert effective["log-level"] == "info"  # the flag wins over the file
         assert effective["insecure-registry"] == ["reg.example:5000"]
         assert effective["config"] == config
@@ -265,6 +268,6 @@ def test_status_verbose_names_handlers_cni_config_and_versions(daemon):
     assert versions["runtimes"]["runc"].startswith("runc version")
     assert versions["conmon"].startswith("conmon version")
     assert "bridge" in versions["cniPlugins"]["bridge"]
-    assert json.loads(response.info["runtimeHandlers"]) == {"runc": "runc"}
+    assert json.loads(response.info["runtimeHandlers"]) == {"runc": os.environ.get("RKTLET_TEST_RUNC") or "runc"}
     cni = json.loads(response.info["cni"])
     assert cni["config"]["name"] == "rkt.kubernetes.io" and cni["path"].endswith("10-rktlet.conflist")

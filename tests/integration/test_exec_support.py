@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,11 +37,12 @@ from rktlet.pod.sandbox import MODE_NODE, MODE_POD, READY, Sandbox
 from rktlet.pod.streaming import StreamingBackend
 from harness.containers import container_config, create, start, status
 from harness.daemon import Daemon
+from harness.runc import test_runc
 from harness.network import TestNetwork
 from harness.pods import pod_config, pod_status, remove_all_pods, run_pod
 from harness.processes import live_cmdlines
 
-RUNC = shutil.which("runc") or "/usr/sbin/runc"
+RUNC = test_runc()
 
 
 def fd_target(fd: int) -> str | None:

@@ -62,12 +62,14 @@ def exec_sync(daemon, cid: str, *cmd: str) -> pb.ExecSyncResponse:
 def reachable_violations(root: str, run_dir: str) -> list[str]:
     """Paths under *root* and *run_dir* that other users can reach (every
     directory above is o+x) and that give them any access, or that are not
-    root's; the run dir itself may be 0711 (traversed to the CRI socket)."""
+    root's; the run dir itself may be 0711 (traversed to the CRI socket),
+    and so may the dir of the bundles (traversed by the roots of pods with
+    their own user namespace to their containers' root filesystems)."""
     bad: list[str] = []
 
     def walk(path: str) -> None:
         st = os.lstat(path)
-        allowed = 0o001 if path == run_dir else 0
+        allowed = 0o001 if path in (run_dir, os.path.join(run_dir, "containers")) else 0
         if st.st_uid != 0 or (st.st_mode & 0o007 & ~allowed and not stat.S_ISLNK(st.st_mode)):
             bad.append(f"{oct(st.st_mode)} uid {st.st_uid} {path}")
         if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o001 and len(bad) < 20:
@@ -132,11 +134,13 @@ def test_container_files_are_not_reachable_by_host_users(daemon, test_network, p
     assert reachable_violations(daemon.root, daemon.run_dir) == []
     for path in (daemon.root, bundle, layer, os.path.dirname(lowers[0]), pod_dir, f"{pod_dir}/ns",
                  os.path.join(daemon.root, "images"), os.path.join(daemon.root, "pods"),
-                 os.path.join(daemon.root, "containers"), os.path.join(daemon.run_dir, "containers"),
+                 os.path.join(daemon.root, "containers"),
                  os.path.join(daemon.run_dir, "pods"), os.path.join(daemon.run_dir, "exits"),
                  os.path.join(daemon.run_dir, "s"), os.path.join(daemon.run_dir, "runtime")):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700, path
     assert stat.S_IMODE(os.stat(daemon.run_dir).st_mode) == 0o711
+    # Traversed (never listed) by the roots of pods with a user namespace of their own.
+    assert stat.S_IMODE(os.stat(os.path.join(daemon.run_dir, "containers")).st_mode) == 0o711
     for path in (f"{bundle}/config.json", os.path.join(daemon.root, "pods", f"{pod_id}.json"),
                  os.path.join(daemon.root, "containers", f"{cid}.json"),
                  os.path.join(daemon.root, "images", "images.json")):

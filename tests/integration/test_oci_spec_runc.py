@@ -42,10 +42,11 @@ from rktlet.oci.namespaces import create_pinned, remove_pinned
 from rktlet.oci.spec import CAPABILITIES, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, HostInfo, build_spec
 from rktlet.oci.users import resolve_user
 from harness.images import busybox_layer
+from harness.runc import test_runc
 
 pytestmark = pytest.mark.root
 
-RUNC = "runc"
+RUNC = test_runc()
 ROOT = ResolvedUser(uid=0, gid=0, additional_gids=())
 
 

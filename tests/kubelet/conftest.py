@@ -440,6 +440,12 @@ class Env:
 
 @pytest.fixture(scope="module")
 def kubelet_env() -> Iterator[Env]:
+    yield from kubelet_environment()
+
+
+def kubelet_environment(daemon_args: tuple[str, ...] = ()) -> Iterator[Env]:
+    """The registry, rktlet (with *daemon_args* too) and the kubelet, in a
+    private network namespace; everything is removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     if not os.access(KUBELET_BINARY, os.X_OK):
@@ -456,17 +462,18 @@ def kubelet_env() -> Iterator[Env]:
         registry = LocalRegistry()
         try:
             registry.start()
-            yield from _kubelet_env(registry)
+            yield from _kubelet_env(registry, daemon_args)
         finally:
             registry.stop()
 
 
-def _kubelet_env(registry: LocalRegistry) -> Iterator[Env]:
+def _kubelet_env(registry: LocalRegistry, daemon_args: tuple[str, ...] = ()) -> Iterator[Env]:
     repo_busybox = "rktlet-test/busybox"
     push_image(registry, repo_busybox, "1.0", busybox_image("docker"))
     push_image(registry, "rktlet-test/web", "1.0", web_image("docker"))
 
-    daemon = Daemon(extra_args=["--registry-mirror", f"{UPSTREAM}=http://{registry.host}", "--log-level", os.environ.get("RKTLET_KUBELET_RKTLET_LOG_LEVEL", "info")])
+    daemon = Daemon(extra_args=["--registry-mirror", f"{UPSTREAM}=http://{registry.host}", "--log-level",
+                                os.environ.get("RKTLET_KUBELET_RKTLET_LOG_LEVEL", "info"), *daemon_args])
     network = TestNetwork(daemon.cni_conf_dir)
     network.write()
     kubelet: Kubelet | None = None

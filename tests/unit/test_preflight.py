@@ -78,7 +78,7 @@ class Machine:
         self.host = Host(
             euid=0, proc=str(self.proc), kernel_release="6.1.0-18-amd64", modules=str(tmp / "modules"),
             path=str(self.bin), run=self.programs, statvfs=self.statvfs, access=lambda path, mode: True,
-            pidfd_supported=lambda: True,
+            pidfd_supported=lambda: True, char_device=lambda path: True,
         )
 
     @staticmethod
@@ -120,7 +120,7 @@ def test_everything_there_passes(machine):
     assert report.exit_status == 0, report.lines()
     names = [r.name for r in report.results]
     assert names == ["root", "runtime runc", "runtime runc features", "conmon", "cni", "cgroups", "overlayfs",
-                     "root filesystem", "kernel", "namespaces", "pidfd", "seccomp", "disk", "socket", "instance"]
+                     "root filesystem", "kernel", "namespaces", "pidfd", "seccomp", "devices", "disk", "socket", "instance"]
     assert all(line.startswith("ok   ") for line in report.lines())
     assert "runc version 1.1.5" in outcome(report, "runtime runc").message
     assert "(rro) supported" in outcome(report, "runtime runc features").message
@@ -246,6 +246,15 @@ def test_kernel_features(machine):
     assert outcome(report, "namespaces").outcome is Outcome.FAIL
     assert "lacks ipc namespaces" in outcome(report, "namespaces").line
     assert outcome(report, "seccomp").outcome is Outcome.WARN
+
+
+def test_a_missing_device_node_warns_with_the_command_that_makes_it(machine):
+    machine.host.char_device = lambda path: not path.endswith("/full")
+    report = machine.check()
+    result = outcome(report, "devices")
+    assert result.outcome is Outcome.WARN and "/dev/full missing" in result.line
+    assert "mknod -m 666 /dev/full c 1 7" in result.line
+    assert report.exit_status == 2
 
 
 def test_cgroups(machine):
