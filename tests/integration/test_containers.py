@@ -50,6 +50,23 @@ def test_exit_codes_reasons_logs_env_and_workdir(pod):
     assert (ok.exit_code, ok.reason) == (0, "Completed")
 
 
+def test_pod_status_carries_its_containers_statuses_and_a_timestamp(pod):
+    """What the kubelet with EventedPLEG reads instead of a ContainerStatus
+    call per container: PodSandboxStatus names every container of the pod,
+    with its state, and a timestamp no later than the answer."""
+    daemon, pod_id, pod_cfg, image, _ = pod
+    running = create(daemon, pod_id, pod_cfg, container_config("runs", image, command=["sleep", "60"]))
+    start(daemon, running)
+    created = create(daemon, pod_id, pod_cfg, container_config("waits", image, command=["true"]))
+    before = time.time_ns()
+    response = daemon.runtime().PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)
+    after = time.time_ns()
+    states = {c.id: (c.metadata.name, c.state) for c in response.containers_statuses}
+    assert states == {running: ("runs", pb.CONTAINER_RUNNING), created: ("waits", pb.CONTAINER_CREATED)}
+    assert before <= response.timestamp <= after
+    assert all(c.image_ref and c.created_at for c in response.containers_statuses)
+
+
 def test_start_error_for_missing_executable(pod):
     daemon, pod_id, pod_cfg, image, _ = pod
     cid = create(daemon, pod_id, pod_cfg, container_config("bad", image, command=["/no/such/binary"]))

@@ -141,7 +141,8 @@ def _read_sysctl(name: str) -> str | None:
 class Kubelet:
     """One standalone kubelet process in its own temporary directory."""
 
-    def __init__(self, daemon: Daemon, binary: str = KUBELET_BINARY) -> None:
+    def __init__(self, daemon: Daemon, binary: str = KUBELET_BINARY,
+                 feature_gates: dict[str, bool] | None = None) -> None:
         self.daemon = daemon
         self.binary = binary
         self.base = tempfile.mkdtemp(prefix="kubelet-", dir="/tmp")
@@ -154,6 +155,7 @@ class Kubelet:
         self.port = free_port()
         self.healthz_port = free_port()
         self.config = kubelet_config(self.base, daemon.socket, self.port, self.healthz_port, self.manifests, self.pod_logs)
+        self.config["featureGates"].update(feature_gates or {})
         self.config_path = os.path.join(self.base, "kubelet-config.yaml")
         with open(self.config_path, "w") as f:
             json.dump(self.config, f, indent=2)
@@ -443,9 +445,11 @@ def kubelet_env() -> Iterator[Env]:
     yield from kubelet_environment()
 
 
-def kubelet_environment(daemon_args: tuple[str, ...] = ()) -> Iterator[Env]:
-    """The registry, rktlet (with *daemon_args* too) and the kubelet, in a
-    private network namespace; everything is removed afterwards."""
+def kubelet_environment(daemon_args: tuple[str, ...] = (),
+                        feature_gates: dict[str, bool] | None = None) -> Iterator[Env]:
+    """The registry, rktlet (with *daemon_args* too) and the kubelet (with
+    *feature_gates* too), in a private network namespace; everything is
+    removed afterwards."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     if not os.access(KUBELET_BINARY, os.X_OK):
@@ -462,12 +466,13 @@ def kubelet_environment(daemon_args: tuple[str, ...] = ()) -> Iterator[Env]:
         registry = LocalRegistry()
         try:
             registry.start()
-            yield from _kubelet_env(registry, daemon_args)
+            yield from _kubelet_env(registry, daemon_args, feature_gates)
         finally:
             registry.stop()
 
 
-def _kubelet_env(registry: LocalRegistry, daemon_args: tuple[str, ...] = ()) -> Iterator[Env]:
+def _kubelet_env(registry: LocalRegistry, daemon_args: tuple[str, ...] = (),
+                 feature_gates: dict[str, bool] | None = None) -> Iterator[Env]:
     repo_busybox = "rktlet-test/busybox"
     push_image(registry, repo_busybox, "1.0", busybox_image("docker"))
     push_image(registry, "rktlet-test/web", "1.0", web_image("docker"))
@@ -481,7 +486,7 @@ def _kubelet_env(registry: LocalRegistry, daemon_args: tuple[str, ...] = ()) -> 
         daemon.start()
         binary = find_crictl()
         crictl = Crictl(binary, daemon.socket, os.path.join(daemon.base, "crictl.yaml")) if binary else None
-        kubelet = Kubelet(daemon)
+        kubelet = Kubelet(daemon, feature_gates=feature_gates)
         kubelet.start()
         env = Env(registry, daemon, network, kubelet, crictl)
         yield env
