@@ -17,6 +17,7 @@ from tests.integration.test_exec_support import (
     FakeTerminal,
     alive,
     fd_target,
+    leaked_fds,
     make_world,
     open_fds,
 )
@@ -63,7 +64,7 @@ async def test_tty_shell_io_resize_and_detach(world):
     session.terminate()
     assert await within(session.done) is None  # detached
     assert term.producer is None
-    assert open_fds() == before and fd_target(socket_fd) != socket_inode  # the attach socket is closed
+    assert leaked_fds(before) == {} and fd_target(socket_fd) != socket_inode  # the attach socket is closed
     await sleep(0.3)
     assert running(world, shell)
     # Attach again: the container still answers.

@@ -19,6 +19,7 @@ from rktlet.stream.session import AttachRequest, ExecRequest
 from tests.integration.test_exec_support import (
     FakeTerminal,
     alive,
+    leaked_fds,
     make_world,
     open_fds,
     pids_running,
@@ -137,8 +138,7 @@ async def test_terminate_leaves_no_process_and_no_fd(world, sleeper, tty):
     assert not alive(spawned)
     assert not any(alive(p) for p in sleeps) and pids_running("sleep", marker) == []
     assert b"never" not in term.out
-    after = open_fds()
-    assert after == before, (before, after)
+    assert leaked_fds(before) == {}, before
     assert [n for n in os.listdir(sleeper.bundle) if n.startswith("exec-")] == []
 
 

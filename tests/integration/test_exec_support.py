@@ -68,6 +68,14 @@ def open_fds() -> dict[int, str]:
     return found
 
 
+def leaked_fds(before: dict[int, str]) -> dict[int, str]:
+    """The descriptors open now that were not open at *before*
+    (:func:`open_fds`). Ones closed meanwhile do not count: the engine runs
+    in the test's process, and a program it started before (a ``runc``
+    still ending) may close its pipes at any moment."""
+    return {fd: target for fd, target in open_fds().items() if before.get(fd) != target}
+
+
 def pids_running(*argv_words: str) -> list[int]:
     """Live processes (not zombies) whose command line is exactly *argv_words*."""
     wanted = "\0".join(argv_words).encode() + b"\0"

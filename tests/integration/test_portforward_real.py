@@ -17,7 +17,7 @@ from rktlet.errors import FailedPrecondition, InvalidArgument, NotFound, Unavail
 from rktlet.network.portforward import connect_in_netns
 from rktlet.oci.namespaces import run_in_namespace
 from rktlet.stream.session import PortForwardRequest
-from tests.integration.test_exec_support import fd_target, make_world, open_fds
+from tests.integration.test_exec_support import fd_target, leaked_fds, make_world, open_fds
 from harness.waiting import sleep, within
 from harness.daemon import free_port
 from harness.images import WEB_INDEX_HTML
@@ -69,7 +69,7 @@ async def test_get_a_page_through_the_pods_namespace(world, web):
     response = await get(transport, proto)
     assert response.startswith(b"HTTP/1.") and response.endswith(WEB_INDEX_HTML)
     # Our copy of the connected fd was closed at once, the reactor's with the connection.
-    assert open_fds() == before and fd_target(connection[0]) != connection[1]
+    assert leaked_fds(before) == {} and fd_target(connection[0]) != connection[1]
     sockets = [fd for fd in range(1024) if (fd_target(fd) or "").startswith("socket:")]
     assert len(sockets) <= len(before_sockets)
 
