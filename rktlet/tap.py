@@ -148,6 +148,11 @@ class Daemon(MultiService):
     def startService(self) -> None:
         try:
             self._start_up()
+            try:
+                MultiService.startService(self)  # the listeners: a port in use is refused here
+            except BaseException:
+                self.claim.release()
+                raise
         except RktletError as e:
             # A refusal is one line on stderr and exit status 1, not a
             # traceback. twistd has replaced sys.stderr with its log by now.
@@ -156,7 +161,6 @@ class Daemon(MultiService):
                 sys.__stderr__.write(f"rktlet: {line}\n")
             sys.__stderr__.flush()
             raise SystemExit(1) from None
-        MultiService.startService(self)
 
     def _start_up(self) -> None:
         try:

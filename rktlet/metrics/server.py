@@ -22,7 +22,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import make_wsgi_app
 from twisted.application.service import Service
-from twisted.internet import ssl
 from twisted.internet.error import CannotListenError
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
@@ -32,7 +31,7 @@ from twisted.web.wsgi import WSGIResource
 from rktlet import logs
 from rktlet.config import split_address
 from rktlet.errors import InvalidArgument, StartupError
-from rktlet.stream.httpchannel import StreamSite
+from rktlet.stream.httpchannel import StreamSite, tls_options
 
 log = logs.logger("rktlet.metrics")
 
@@ -135,27 +134,13 @@ class MetricsService(Service):
         root.putChild(PATH, _Scrapes(WSGIResource(self._reactor, pool, make_wsgi_app(self._registry))))
         return _Site(root, timeout=HTTP_TIMEOUT, reactor=self._reactor)
 
-    def _tls_options(self) -> Any:
-        assert self._tls is not None
-        pem = []
-        for what, path in zip(("certificate", "key"), self._tls):
-            try:
-                with open(path, "rb") as f:
-                    pem.append(f.read())
-            except OSError as e:
-                raise StartupError(f"cannot read the metrics endpoint's TLS {what} {path}: {e.strerror}") from None
-        try:
-            return ssl.PrivateCertificate.loadPEM(pem[0] + b"\n" + pem[1]).options()
-        except Exception as e:  # noqa: BLE001 - pyOpenSSL's errors have no common base worth naming
-            raise StartupError(f"the metrics endpoint's TLS certificate and key are unusable: {e}") from None
-
     def startService(self) -> None:
         pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="metrics")
         site = self._site(pool)
         interface = self.host or "0.0.0.0"
         try:
             if self._tls:
-                self._listening = self._reactor.listenSSL(self._requested_port, site, self._tls_options(),
+                self._listening = self._reactor.listenSSL(self._requested_port, site, tls_options(*self._tls, "metrics endpoint"),
                                                           interface=interface)
             else:
                 self._listening = self._reactor.listenTCP(self._requested_port, site, interface=interface)

@@ -573,19 +573,7 @@ def run_in_namespace(path: str, kind: str, fn: Callable[[], T]) -> T:
         raise ValueError(f"unknown namespace kind {kind!r}; expected one of {KINDS}")
 
     def job() -> T:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise RuntimeFailure(f"open {_LABELS[kind]} namespace {path}: {os.strerror(e.errno or 0)}") from e
-        try:
-            # nstype set: the kernel refuses (EINVAL) a file of another kind.
-            _check(_libc.setns(fd, _CLONE_FLAGS[kind]), "setns")
-        except OSError as e:
-            raise RuntimeFailure(
-                f"enter {_LABELS[kind]} namespace {path}: setns: {os.strerror(e.errno or 0)}"
-            ) from e
-        finally:
-            os.close(fd)
+        _setns(path, kind)
         return fn()
 
     return _in_fresh_thread(job, f"rktlet-ns-{kind}")

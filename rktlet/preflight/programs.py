@@ -15,6 +15,7 @@ from rktlet.network.cni_config import CNIConfigError
 from rktlet.network.default_network import render as render_default_network
 from rktlet.oci.conmon.launch import REQUIRED_OPTIONS as CONMON_OPTIONS
 from rktlet.oci.handlers import DEFAULT_HANDLER
+from rktlet.oci.runtime import RuntimeFeatures
 from rktlet.preflight.host import Host
 from rktlet.preflight.model import Result, fail, ok, warn
 
@@ -82,10 +83,12 @@ def _check_runtime(handler: str, binary: str, host: Host, required: bool) -> lis
         results.append(warn(f"{check} features", f"{path} features: {why}",
                             "recursive read-only mounts are refused for this handler; use runc 1.1 or newer"))
         return results
-    options = doc.get("mountOptions")
-    has_rro = isinstance(options, list) and "rro" in options
+    # Read as the daemon reads it (rktlet.oci.runtime), so both agree.
+    features = RuntimeFeatures.from_json(doc)
     results.append(ok(f"{check} features",
-                      "recursive read-only mounts (rro) " + ("supported" if has_rro else "not supported")))
+                      "recursive read-only mounts (rro) "
+                      + ("supported" if features.recursive_read_only_mounts else "not supported")
+                      + ", idmapped mounts " + ("supported" if features.idmap_mounts else "not supported")))
     return results
 
 

@@ -26,10 +26,15 @@ connection to the session protocol, which has its own limits.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet import ssl
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 from twisted.web.server import Site
+
+from rktlet.errors import StartupError
 
 log = Logger()
 
@@ -148,3 +153,23 @@ class StreamSite(Site):
         channel = StreamChannel()
         channel.head_timeout = self.head_timeout
         return _GenericHTTPChannelProtocol(channel)
+
+
+def tls_options(cert: str, key: str, listener: str) -> Any:
+    """The TLS options of an HTTP listener (the streaming server, the
+    metrics endpoint) from its PEM certificate and key files.
+
+    :raises StartupError: a file that cannot be read, or a pair that does not
+        load, naming *listener* and the file.
+    """
+    pem = []
+    for what, path in (("certificate", cert), ("key", key)):
+        try:
+            with open(path, "rb") as f:
+                pem.append(f.read())
+        except OSError as e:
+            raise StartupError(f"cannot read the {listener}'s TLS {what} {path}: {e.strerror}") from None
+    try:
+        return ssl.PrivateCertificate.loadPEM(pem[0] + b"\n" + pem[1]).options()
+    except Exception as e:  # noqa: BLE001 - pyOpenSSL's errors have no common base worth naming
+        raise StartupError(f"the {listener}'s TLS certificate and key are unusable: {e}") from None

@@ -28,18 +28,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import ssl
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from rktlet.config import split_address
-from rktlet.errors import InvalidArgument, NotFound
+from rktlet.errors import InvalidArgument, NotFound, StartupError
 from rktlet.stream import portforward, remotecommand, websocket
-from rktlet.stream.httpchannel import DEFAULT_HEAD_TIMEOUT, StreamSite
+from rktlet.stream.httpchannel import DEFAULT_HEAD_TIMEOUT, StreamSite, tls_options
 from rktlet.stream.session import AttachRequest, Backend, ExecRequest, PortForwardRequest
 from rktlet.stream.spdy import DEFAULT_MAX_STREAMS, SpdyConnection
 from rktlet.stream.tokens import KINDS, TokenCache
@@ -413,18 +413,17 @@ class StreamService(Service):
         site = self.server.site(self._http_timeout)
         interface = self.host or "0.0.0.0"
         if self._tls:
-            cert, key = self._tls
-            with open(cert, "rb") as f:
-                cert_pem = f.read()
-            with open(key, "rb") as f:
-                key_pem = f.read()
-            options = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+            options = tls_options(*self._tls, "streaming server")
             endpoint = SSL4ServerEndpoint(self._reactor, self._requested_port, options, interface=interface)
         elif ":" in interface:
             endpoint = TCP6ServerEndpoint(self._reactor, self._requested_port, interface=interface)
         else:
             endpoint = TCP4ServerEndpoint(self._reactor, self._requested_port, interface=interface)
-        self._listening = _now(endpoint.listen(site))
+        try:
+            self._listening = _now(endpoint.listen(site))
+        except CannotListenError as e:
+            raise StartupError(f"streaming server cannot listen on {interface}:{self._requested_port}: "
+                               f"{e.socketError}") from None
         self.port = self._listening.getHost().port
         super().startService()
         log.info("streaming server listening on {url}", url=self.base_url)

@@ -179,6 +179,29 @@ def test_second_daemon_on_same_socket_is_refused_with_one_line(daemon):
     daemon.runtime().Version(pb.VersionRequest(), timeout=10)
 
 
+def test_streaming_port_in_use_is_refused_with_one_line_and_leaves_nothing():
+    """A listener that cannot listen (here the streaming server's port is
+    taken) is a start-up refusal like the others: one line, exit status 1,
+    and the claimed socket given back."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    d = Daemon(extra_args=["--stream-address", f"127.0.0.1:{port}"])
+    try:
+        os.makedirs(d.run_dir)
+        result = subprocess.run(twistd_command(*d.args), capture_output=True, text=True, env=daemon_env(),
+                                cwd=d.base, timeout=60)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"rktlet: streaming server cannot listen on 127.0.0.1:{port}: "), lines
+        assert not os.path.exists(d.socket) and not os.path.exists(d.socket + ".lock")
+    finally:
+        busy.close()
+        d.cleanup()
+
+
 def test_stale_socket_file_is_replaced():
     d = Daemon()
     try:

@@ -73,6 +73,17 @@ KLOG_ERROR = re.compile(r"^E\d{4} ")
 RUNTIME_WORDS = re.compile(r"rpc error|runtime|CRI|rktlet|sandbox|container|PLEG|image", re.I)
 
 
+#: A container that logs a line, then sleeps and exits at once on SIGTERM.
+SLEEPER = ["sh", "-c", "echo started-$HOSTNAME; trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+
+def container(name: str, command=SLEEPER, image: str = BUSYBOX, **fields) -> dict:
+    c = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", **fields}
+    if command:
+        c["command"] = list(command)
+    return c
+
+
 def kubelet_config(base: str, socket: str, port: int, healthz_port: int, manifests: str, logs: str) -> dict[str, Any]:
     """The complete KubeletConfiguration of the tests (written as JSON, which is YAML)."""
     return {

@@ -15,36 +15,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kubelet.conftest import BUSYBOX, Env, kubelet_environment, wait_for
+from tests.kubelet.conftest import Env, container, kubelet_environment, wait_for
 
 pytestmark = pytest.mark.root
 
-SLEEPER = ["sh", "-c", "echo started; trap 'exit 0' TERM; while true; do sleep 1; done"]
-
-
 @pytest.fixture(scope="module")
 def kubelet_env() -> Iterator[Env]:
+    # conftest's `env` fixture (pods removed after each test) uses this one.
     yield from kubelet_environment(feature_gates={"EventedPLEG": True})
 
 
-@pytest.fixture
-def env(kubelet_env: Env) -> Iterator[Env]:
-    try:
-        yield kubelet_env
-    finally:
-        if kubelet_env.kubelet.process is not None:
-            try:
-                kubelet_env.delete_all()
-            except AssertionError:
-                pass
-
-
-def _container(name: str, command: list[str]) -> dict:
-    return {"name": name, "image": BUSYBOX, "imagePullPolicy": "IfNotPresent", "command": command}
-
-
 def test_a_pod_runs_once_and_stays(env):
-    env.kubelet.write_manifest("steady", {"containers": [_container("c", SLEEPER)]})
+    env.kubelet.write_manifest("steady", {"containers": [container("c")]})
     env.wait_running("steady")
     wait_for(lambda: "started" in env.logs("steady", "c"), 30, "the container's log line")
     first = {c.id for c in env.containers("steady", "c")}
@@ -57,7 +39,7 @@ def test_a_pod_runs_once_and_stays(env):
 
 def test_a_stopped_container_is_seen_and_restarted(env):
     env.kubelet.write_manifest("crash", {"restartPolicy": "Always",
-                                         "containers": [_container("c", ["sh", "-c", "sleep 0.5; exit 3"])]})
+                                         "containers": [container("c", ["sh", "-c", "sleep 0.5; exit 3"])]})
 
     def restarted_twice():
         pod = env.kubelet.pod("crash")

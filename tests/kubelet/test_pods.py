@@ -10,21 +10,10 @@ import time
 import pytest
 
 from rktlet.oci import cgroups
-from tests.kubelet.conftest import BUSYBOX, NODE_NAME, WEB, mounts_under, wait_for
+from tests.kubelet.conftest import BUSYBOX, NODE_NAME, WEB, container, mounts_under, wait_for
 from harness.processes import processes_mentioning
 
 pytestmark = pytest.mark.root
-
-#: A container that logs a line, then sleeps and exits at once on SIGTERM.
-SLEEPER = ["sh", "-c", "echo started-$HOSTNAME; trap 'exit 0' TERM; while true; do sleep 1; done"]
-
-
-def container(name: str, command=SLEEPER, image: str = BUSYBOX, **fields) -> dict:
-    c = {"name": name, "image": image, "imagePullPolicy": "IfNotPresent", **fields}
-    if command:
-        c["command"] = list(command)
-    return c
-
 
 def test_pod_runs_logs_and_is_removed_without_leftovers(env):
     """1. Running; logs through the kubelet; removing the manifest stops the

@@ -22,22 +22,11 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def kubelet_env() -> Iterator[Env]:
+    # conftest's `env` fixture (pods removed after each test) uses this one.
     runc = idmap_runc()
     if runc is None:
         pytest.skip("no runc with idmapped mounts (tests/tools/build-clients runc)")
     yield from kubelet_environment(("--runtime", runc))
-
-
-@pytest.fixture
-def env(kubelet_env: Env) -> Iterator[Env]:
-    try:
-        yield kubelet_env
-    finally:
-        if kubelet_env.kubelet.process is not None:
-            try:
-                kubelet_env.delete_all()
-            except AssertionError:
-                pass
 
 
 def test_host_users_false(env):
