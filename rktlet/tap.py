@@ -221,7 +221,7 @@ def build_service(config: Config, reactor: Any = None, euid: int | None = None,
     # Reading the cgroup layout is a check (it refuses a host it cannot
     # use) whose answer the drivers are built with.
     layout = cgroups.detect()
-    real_host = RealHost(reactor, layout)
+    real_host = RealHost(reactor, layout, threadpool)
     # Prometheus metrics (--metrics-address): handed to the layers that
     # report events; state is read from their snapshots at scrape time.
     metrics = Metrics(reactor) if config.metrics_address else None

@@ -16,6 +16,9 @@ import socket
 import struct
 from typing import Any, Iterable, Mapping, Sequence
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
 from rktlet.oci import cgroups, infra, mounts, namespaces
 from rktlet.oci import userns as user_namespaces
 from rktlet.oci.infra import InfraProcess
@@ -41,11 +44,14 @@ class RealHost:
 
     :param reactor: spawns and times the infra process.
     :param layout: the host's cgroup layout (:func:`rktlet.oci.cgroups.detect`).
+    :param threadpool: where the blocking parts of its asynchronous calls
+        run (default: the reactor's).
     """
 
-    def __init__(self, reactor: Any, layout: cgroups.Layout) -> None:
+    def __init__(self, reactor: Any, layout: cgroups.Layout, threadpool: Any = None) -> None:
         self._reactor = reactor
         self.layout = layout
+        self._threadpool = threadpool
 
     # -- mounts (blocking) --------------------------------------------------
 
@@ -102,10 +108,9 @@ class RealHost:
             await self._in_thread(namespaces.remove_pinned, list(reversed(list(paths.values()))))
             raise
 
-    def _in_thread(self, fn: Any, *args: Any) -> Any:
-        from twisted.internet.threads import deferToThreadPool
-
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), fn, *args)
+    def _in_thread(self, fn: Any, *args: Any) -> Deferred:
+        pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, fn, *args)
 
     def remove_pinned_namespaces(self, paths: Iterable[str]) -> None:
         """Blocking, idempotent: see :func:`rktlet.oci.namespaces.remove_pinned`."""
